@@ -1,0 +1,18 @@
+"""Errors the runtime raises on purpose; the CLIs turn each into one line on stderr and exit 2."""
+from __future__ import annotations
+
+
+class MangaMusicError(Exception):
+    """Base class: an expected failure with a message fit for a user (no traceback)."""
+
+
+class InputError(MangaMusicError):
+    """A user-supplied file or argument cannot be used (missing, corrupt, empty, too large)."""
+
+
+class BundleError(MangaMusicError):
+    """A model bundle is missing, tampered with, of an unknown schema, or inconsistent."""
+
+
+class LibraryError(MangaMusicError):
+    """A music library index is missing, corrupt, or was built with another bundle."""
