@@ -55,3 +55,24 @@ def recipe_state_dict(layout: Iterable[tuple[str, tuple[int, ...], str]], seed: 
 
 def layout_of(state_dict: Mapping[str, torch.Tensor]) -> list[tuple[str, tuple[int, ...], str]]:
     return [(k, tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in state_dict.items()]
+
+
+def parity_model(layout_json: str | None = None, seed: int = 1):
+    """The full-size AudioCLIP with the recipe's weights, loaded strictly, in eval mode.
+
+    The layout defaults to the model's own state-dict order, which the tests prove equal
+    (as a set of keys and shapes) to the fixture's `state_dict_layout.json`; the order
+    matters for the recipe, so pass the fixture's file to reproduce its weights exactly.
+    """
+    import json
+
+    from .model import AudioCLIP, AudioCLIPConfig
+
+    model = AudioCLIP(AudioCLIPConfig.full())
+    if layout_json is None:
+        layout = layout_of(model.state_dict())
+    else:
+        with open(layout_json) as f:
+            layout = [(e["key"], tuple(e["shape"]), e["dtype"]) for e in json.load(f)]
+    model.load_state_dict(recipe_state_dict(layout, seed), strict=True)
+    return model.eval()

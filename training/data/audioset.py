@@ -31,7 +31,7 @@ from runtime.errors import InputError
 from runtime.labels import MOOD_IDS, MOODS, MUSIC_MOOD_PARENT_ID
 from runtime.manifest import AudioPreprocess
 from training.data.augment import CLIP_SECONDS, PadOrCrop, clip_length, item_rng
-from training.data.folders import AUDIO_EXTENSIONS, FolderRecord, LabelFolders, folder_key
+from training.data.folders import AUDIO_EXTENSIONS, FolderRecord, LabelFolders
 from training.data.splits import Split, make_split, stratified_partition
 
 log = logging.getLogger(__name__)
@@ -267,6 +267,7 @@ class AudioSetMoods:
         self.missing: int = len(missing)
         self.unsupported: tuple[Path, ...] = tuple(unsupported)
         self.dropped: int = dropped
+        self.ignored: tuple[str, ...] = ()
 
     @classmethod
     def from_class_folders(cls, root: PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> "AudioSetMoods":

@@ -55,7 +55,7 @@ def _hidden(name: str) -> bool:
 
 
 def files_under(folder: Path, extensions: frozenset[str]) -> list[Path]:
-    """Files with one of the extensions under folder, at any depth, in a stable order."""
+    """Files with one of the extensions under folder, at any depth, sorted by path."""
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         # Pruning in place stops os.walk from descending into hidden folders.
@@ -63,7 +63,7 @@ def files_under(folder: Path, extensions: frozenset[str]) -> list[Path]:
         for name in sorted(filenames):
             if not _hidden(name) and "." in name and name.rsplit(".", 1)[-1].lower() in extensions:
                 found.append(Path(dirpath) / name)
-    return found
+    return sorted(found)
 
 
 class LabelFolders:
