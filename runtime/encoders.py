@@ -1,0 +1,252 @@
+"""The three encoders of a bundle behind one object: inputs in, unit vectors out.
+
+``Encoders`` opens each ONNX session the first time its modality is used, so a query that
+only embeds pages never reads the text or audio graph. Every ``embed_*`` method takes a
+list, streams it through the graph in batches (a generator, so a thousand pages are never
+all decoded at once), and returns L2-normalised float32 [N, D]; an empty list gives (0, D).
+Tensor names and dtypes come from the manifest, never from constants here.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .bundle import Bundle, PrecisionChoice, load_bundle
+from .errors import InputError
+from .manifest import EncoderFile
+from .sessions import DeviceChoice, resolve_device
+
+log = logging.getLogger("manga_music")
+
+_EPS = 1e-12
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows to unit length (float32); an all-zero row stays zero instead of becoming NaN."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, _EPS)).astype(np.float32, copy=False)
+
+
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of at most ``size`` items, lazily."""
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass(frozen=True)
+class LoadedEncoder:
+    """One open session and the manifest entry it was checked against."""
+
+    modality: str
+    encoder: EncoderFile
+    provider: str  # "cpu" | "cuda", as the session reports it
+    session: Any = field(repr=False, compare=False)
+
+    @property
+    def input_name(self) -> str:
+        return self.encoder.inputs[0].name
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self.encoder.inputs[0].dtype)
+
+    @property
+    def output_name(self) -> str:
+        return self.encoder.outputs[0].name
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        (out,) = self.session.run([self.output_name], {self.input_name: x})
+        return np.asarray(out, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class TrackEmbedding:
+    """A track in the embedding space: each window, where it starts, and the whole."""
+
+    windows: np.ndarray  # float32 [W, D], unit rows
+    starts: np.ndarray  # float64 [W], seconds
+    pooled: np.ndarray  # float32 [D], unit: normalised mean of the window embeddings
+    duration: float  # seconds, after resampling
+
+
+def _is_single(items: Any) -> bool:
+    from PIL import Image
+
+    return isinstance(items, (str, Path, bytes, Image.Image))
+
+
+class Encoders:
+    """Lazy sessions for a bundle's image, text and audio encoders.
+
+    ``device``: "auto" | "cpu" | "cuda"; ``precision``: "auto" | "int8" | "fp16" | "fp32"
+    (resolved per modality, since a bundle may lack e.g. an int8 text graph);
+    ``threads``: intra-op threads per session (None: ORT's default, all cores).
+    """
+
+    def __init__(self, bundle: Bundle | str | Path | None = None, device: str = "auto",
+                 precision: str = "auto", threads: int | None = None, strict_device: bool = False):
+        self.bundle = load_bundle(bundle)
+        self.device: DeviceChoice = resolve_device(device, strict=strict_device)
+        self.requested_precision = precision
+        self.threads = threads
+        self.strict_device = strict_device
+        self._loaded: dict[str, LoadedEncoder] = {}
+        self._tokenizer = None
+
+    # -- facts -------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.bundle.embed_dim
+
+    @property
+    def loaded(self) -> tuple[str, ...]:
+        """Modalities whose session exists (for tests and diagnostics)."""
+        return tuple(sorted(self._loaded))
+
+    def precision(self, modality: str) -> PrecisionChoice:
+        return self.bundle.choose_precision(modality, self.requested_precision, self.device.device)
+
+    def encoder(self, modality: str) -> LoadedEncoder:
+        """The session for ``modality``, created (sha256-checked, IO-checked) on first use."""
+        enc = self._loaded.get(modality)
+        if enc is None:
+            choice = self.precision(modality)
+            if choice.note:
+                log.warning(choice.note)
+            sess, provider, entry = self.bundle.open_session(modality, choice.precision, self.device.device,
+                                                             self.threads, strict=self.strict_device)
+            enc = self._loaded[modality] = LoadedEncoder(modality, entry, provider, sess)
+        return enc
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, self.dim), dtype=np.float32)
+
+    # -- images --------------------------------------------------------------------------
+    def _image_rows(self, items: Sequence[Any], mode: str | None) -> Iterator[tuple[int, np.ndarray]]:
+        from .image_preprocess import preprocess_image
+
+        cfg = self.bundle.manifest.image
+        for i, item in enumerate(items):
+            if isinstance(item, np.ndarray) and item.dtype != np.uint8:
+                # Already preprocessed pixels ([3,S,S] or tiles [T,3,S,S]): used as given.
+                pixels = np.asarray(item, dtype=np.float32)
+            else:
+                pixels = preprocess_image(item, cfg, mode)
+            if pixels.shape[-3:] != (3, cfg.size, cfg.size):
+                raise InputError(f"item {i}: pixels must be [3, {cfg.size}, {cfg.size}], got {pixels.shape}")
+            for row in pixels.reshape(-1, 3, cfg.size, cfg.size):
+                yield i, row
+
+    def embed_images(self, items: Sequence[Any], mode: str | None = None, batch_size: int = 8) -> np.ndarray:
+        """Pages (paths, bytes, PIL images, uint8 arrays, or float [3,S,S] pixels) -> [N, D].
+
+        ``mode``: "center_crop" (the paper's, default from the manifest), "letterbox"
+        (whole page), or "tiles" (square tiles along the long side, their embeddings averaged).
+        """
+        if _is_single(items):
+            items = [items]
+        items = list(items)
+        if not items:
+            return self._empty()
+        enc = self.encoder("image")
+        sums = np.zeros((len(items), self.dim), dtype=np.float32)
+        for batch in batched(self._image_rows(items, mode), batch_size):
+            idx = np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch))
+            emb = l2_normalise(enc.run(np.stack([row for _, row in batch])))
+            # Tiles of one page add up; a single-crop page adds one unit vector.
+            np.add.at(sums, idx, emb)
+        return l2_normalise(sums)
+
+    # -- text ------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer.from_config(self.bundle.manifest.text, self.bundle.dir)
+        return self._tokenizer
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Strings -> [N, D] through the CLIP tokenizer and the text graph."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            return self._empty()
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"text {i} is a {type(t).__name__}, not a string")
+        enc = self.encoder("text")
+        out = [l2_normalise(enc.run(self.tokenizer(batch))) for batch in batched(texts, batch_size)]
+        return np.concatenate(out)
+
+    # -- audio -----------------------------------------------------------------------------
+    def load_wave(self, src: Any) -> np.ndarray:
+        """A path (decoded, mixed to mono, resampled) or a mono float array already at the
+        manifest's rate, in [-1, 1] -> float32 [T]."""
+        from .audio_preprocess import load_audio
+
+        if isinstance(src, (str, Path)):
+            return load_audio(src, self.bundle.manifest.audio.sample_rate)
+        wave = np.asarray(src, dtype=np.float32)
+        if wave.ndim != 1:
+            raise InputError(f"an audio array must be mono [T], got shape {wave.shape}")
+        if wave.size == 0:
+            raise InputError("audio array is empty")
+        return wave
+
+    def _window_batches(self, wave: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+        from .audio_preprocess import window_starts, windows
+
+        cfg = self.bundle.manifest.audio
+        win = int(round(cfg.window_seconds * cfg.sample_rate))
+        if wave.shape[0] <= win:
+            # One (possibly padded) short window: audio_preprocess owns that rule.
+            yield windows(wave, cfg)[0]
+            return
+        # Long track: slice windows batch by batch instead of materialising all of them
+        # (window/hop times the track's memory); every window has the same length here.
+        for starts in batched(window_starts(wave.shape[0], cfg), batch_size):
+            yield np.stack([wave[s:s + win] for s in starts])
+
+    def embed_windows(self, wave: np.ndarray, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """Window embeddings [W, D] and start seconds [W] of one mono waveform."""
+        from .audio_preprocess import window_starts
+
+        cfg = self.bundle.manifest.audio
+        enc = self.encoder("audio")
+        embs = [l2_normalise(enc.run(b)) for b in self._window_batches(wave, batch_size)]
+        starts = window_starts(wave.shape[0], cfg).astype(np.float64) / cfg.sample_rate
+        return (np.concatenate(embs) if embs else self._empty()), starts
+
+    def embed_track(self, src: Any, batch_size: int = 8) -> TrackEmbedding:
+        """A track (path or waveform) -> its window embeddings, their starts, and the pooled
+        embedding (normalised mean of the windows)."""
+        wave = self.load_wave(src)
+        win_embs, starts = self.embed_windows(wave, batch_size)
+        pooled = l2_normalise(win_embs.mean(axis=0, keepdims=True))[0]
+        duration = wave.shape[0] / self.bundle.manifest.audio.sample_rate
+        return TrackEmbedding(win_embs, starts, pooled, float(duration))
+
+    def embed_audio(self, items: Sequence[Any], batch_size: int = 8) -> np.ndarray:
+        """Tracks (paths or mono float arrays at the manifest rate) -> pooled [N, D]."""
+        if isinstance(items, (str, Path)) or (isinstance(items, np.ndarray) and items.ndim == 1):
+            items = [items]
+        items = list(items)
+        if not items:
+            return self._empty()
+        return np.stack([self.embed_track(x, batch_size).pooled for x in items])

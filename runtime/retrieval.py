@@ -1,0 +1,259 @@
+"""Retrieval in every direction AudioCLIP supports, as a Python API that returns dataclasses.
+
+page -> music (the product), text -> music, music -> pages (through a pages index built
+like a music library), music -> moods. A page and a track are compared by the cosine of
+the page embedding and the track's pooled embedding; the track's best window (where to
+start playing) is the window closest to the page. Tags are zero-shot classification
+against the label embeddings precomputed in the bundle, so tagging a page needs no text
+encoder: softmax(image_text scale * cosine) for a page's genres and moods, and
+softmax(audio_text scale * cosine) for a track's moods.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .cli import mmss
+from .encoders import Encoders
+from .errors import LibraryError
+from .library import Library, TrackInfo, label_distribution, open_library
+
+Dist = tuple[tuple[str, float], ...]
+
+
+def _sorted(dist: Dist, top: int | None = None) -> Dist:
+    out = tuple(sorted(dist, key=lambda kv: -kv[1]))
+    return out if top is None else out[:top]
+
+
+def _describe(item: Any) -> str:
+    return str(item) if isinstance(item, (str, Path)) else f"<{type(item).__name__}>"
+
+
+@dataclass(frozen=True)
+class TrackHit:
+    """A track that fits a query."""
+
+    path: str
+    score: float  # cosine of the query and the track's pooled embedding
+    best_start_seconds: float  # start of the window closest to the query
+    top_mood: str
+    moods: Dist  # the track's own mood distribution, most likely first
+    duration: float | None
+
+
+@dataclass(frozen=True)
+class PageHit:
+    """A page (from a pages index) that fits a track."""
+
+    path: str
+    score: float
+    top_genre: str
+    top_mood: str
+
+
+@dataclass(frozen=True)
+class PageResult:
+    """Everything the product says about one page."""
+
+    source: str
+    genres: Dist  # top 3, most likely first
+    moods: Dist  # all moods, most likely first
+    tracks: tuple[TrackHit, ...]
+
+    def to_dict(self) -> dict:
+        return {"type": "page", **_plain(self)}
+
+
+@dataclass(frozen=True)
+class TextResult:
+    """Tracks for a free-text description ("sad piano")."""
+
+    text: str
+    tracks: tuple[TrackHit, ...]
+
+    def to_dict(self) -> dict:
+        return {"type": "text", **_plain(self)}
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """What the model says about one track: its moods, and pages that fit it if asked."""
+
+    source: str
+    moods: Dist  # all moods, most likely first
+    pages: tuple[PageHit, ...]
+
+    def to_dict(self) -> dict:
+        return {"type": "track", **_plain(self)}
+
+
+def _plain(obj) -> dict:
+    d = asdict(obj)
+    for key in ("genres", "moods"):
+        if key in d:
+            d[key] = [{"name": k, "prob": round(v, 6)} for k, v in d[key]]
+    for hit in d.get("tracks", []):
+        hit["best_start"] = mmss(hit["best_start_seconds"])
+        hit["moods"] = [{"name": k, "prob": round(v, 6)} for k, v in hit["moods"]]
+    return d
+
+
+class Retriever:
+    """Bundle + library + lazy encoders; ``None`` means the defaults shipped with the package.
+
+    The library is opened (and checked against the bundle's fingerprint) on first use, so
+    ``moods_for_track`` works without one.
+    """
+
+    def __init__(self, bundle: Bundle | str | Path | None = None, library: Library | str | Path | None = None,
+                 device: str = "auto", precision: str = "auto", threads: int | None = None,
+                 strict_device: bool = False):
+        self.bundle = load_bundle(bundle)
+        self.encoders = Encoders(self.bundle, device=device, precision=precision, threads=threads,
+                                 strict_device=strict_device)
+        self._library_src = library
+        self._library: Library | None = None
+        self._pages: dict[str, Library] = {}
+        if isinstance(library, Library):
+            library.check_bundle(self.bundle)
+
+    # -- resources ---------------------------------------------------------------------
+    @property
+    def library(self) -> Library:
+        if self._library is None:
+            self._library = open_library(self._library_src, bundle=self.bundle)
+            if self._library.kind != "music":
+                raise LibraryError(f"{self._library.dir} is a {self._library.kind} index, not a music library")
+        return self._library
+
+    def pages_index(self, index: Library | str | Path) -> Library:
+        if isinstance(index, Library):
+            index.check_bundle(self.bundle)
+            lib = index
+        else:
+            key = str(Path(index).resolve())
+            if key not in self._pages:
+                self._pages[key] = Library.open(index, bundle=self.bundle)
+            lib = self._pages[key]
+        if lib.kind != "pages":
+            raise LibraryError(f"{lib.dir} is a {lib.kind} library, not a pages index "
+                               f"(build one with `python -m runtime.index PAGES_DIR --out P --kind pages`)")
+        return lib
+
+    def close(self) -> None:
+        for lib in [self._library, *self._pages.values()]:
+            if lib is not None and lib is not self._library_src:
+                lib.close()
+        self._library = None
+        self._pages.clear()
+
+    def __enter__(self) -> "Retriever":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- tags ------------------------------------------------------------------------------
+    def _tags(self, emb: np.ndarray, label_set: str, scale: float) -> Dist:
+        return label_distribution(emb, self.bundle.manifest.label_set(label_set), scale)
+
+    def page_tags(self, page_emb: np.ndarray) -> tuple[Dist, Dist]:
+        """(genres top-3, all moods) of a page embedding, most likely first."""
+        s = self.bundle.manifest.logit_scales.image_text
+        return _sorted(self._tags(page_emb, "genres", s), 3), _sorted(self._tags(page_emb, "moods", s))
+
+    # -- music search ------------------------------------------------------------------------
+    def _hit(self, lib: Library, row: int, score: float, query: np.ndarray) -> TrackHit:
+        info = lib.track(row)
+        start, _ = lib.best_window(info, query)
+        return TrackHit(str(info.path), float(score), start, info.top_mood, _sorted(info.moods), info.duration)
+
+    def search_tracks(self, embeddings: np.ndarray, top_k: int = 10) -> list[tuple[TrackHit, ...]]:
+        """Top-k tracks for each row of ``embeddings`` (unit vectors of any modality)."""
+        if len(embeddings) == 0:
+            return []
+        lib = self.library
+        hits = lib.index.search(embeddings, top_k)
+        return [tuple(self._hit(lib, int(r), s, q) for s, r in zip(hs, rs) if r >= 0)
+                for q, hs, rs in zip(embeddings, hits.scores, hits.ids)]
+
+    def query_many(self, images: Sequence[Any], top_k: int = 10, mode: str | None = None,
+                   batch_size: int = 8) -> list[PageResult]:
+        """Pages -> one ``PageResult`` each (embedded in batches)."""
+        images = list(images)
+        embs = self.encoders.embed_images(images, mode=mode, batch_size=batch_size)
+        results = []
+        for item, emb, tracks in zip(images, embs, self.search_tracks(embs, top_k)):
+            genres, moods = self.page_tags(emb)
+            results.append(PageResult(_describe(item), genres, moods, tracks))
+        return results
+
+    def query(self, image: Any, top_k: int = 10, mode: str | None = None) -> PageResult:
+        """One page (path, bytes, PIL image or uint8 array) -> genres, moods and fitting tracks."""
+        return self.query_many([image], top_k=top_k, mode=mode)[0]
+
+    def query_text(self, text: str, top_k: int = 10) -> TextResult:
+        """Free text -> fitting tracks."""
+        emb = self.encoders.embed_texts([text])
+        return TextResult(text, self.search_tracks(emb, top_k)[0])
+
+    # -- from a track ----------------------------------------------------------------------
+    def _library_entry(self, track: Any) -> tuple[Library, TrackInfo] | None:
+        # Only a library the caller named is consulted: looking up the shipped demo
+        # library for a user's file would only ever miss.
+        if self._library_src is None or not isinstance(track, (str, Path)):
+            return None
+        lib = self.library
+        info = lib.find(track)
+        if info is None:
+            return None
+        st = Path(track).stat()
+        if (st.st_size, st.st_mtime_ns) != (info.size, info.mtime_ns):
+            return None  # the file changed since indexing: its stored embedding is stale
+        return lib, info
+
+    def _track_view(self, track: Any) -> tuple[np.ndarray, Dist]:
+        # From the library when the track is indexed and unchanged (no decoding, no audio
+        # session); else computed from the file or waveform.
+        entry = self._library_entry(track)
+        if entry is not None:
+            lib, info = entry
+            return np.asarray(lib.tracks[info.row], dtype=np.float32), _sorted(info.moods)
+        emb = self.encoders.embed_audio([track])[0]
+        return emb, _sorted(self._tags(emb, "moods", self.bundle.manifest.logit_scales.audio_text))
+
+    def track_embedding(self, track: Any) -> np.ndarray:
+        """The pooled embedding of a track (path, or mono waveform at the bundle's rate)."""
+        return self._track_view(track)[0]
+
+    def moods_for_track(self, track: Any) -> Dist:
+        """All moods of a track, most likely first (softmax of audio_text scale * cosine)."""
+        return self._track_view(track)[1]
+
+    def pages_for_track(self, track: Any, pages_index: Library | str | Path, top_k: int = 10) -> tuple[PageHit, ...]:
+        """Pages of a pages index that fit a track, best first."""
+        return self._pages_for(self.track_embedding(track), pages_index, top_k)
+
+    def _pages_for(self, emb: np.ndarray, pages_index, top_k: int) -> tuple[PageHit, ...]:
+        idx = self.pages_index(pages_index)
+        hits = idx.index.search(emb[None, :], top_k)
+        out = []
+        for s, r in zip(hits.scores[0], hits.ids[0]):
+            if r < 0:
+                continue
+            info = idx.track(int(r))
+            top_genre = max(info.genres or (("", 0.0),), key=lambda kv: kv[1])[0]
+            out.append(PageHit(str(info.path), float(s), top_genre, info.top_mood))
+        return tuple(out)
+
+    def query_audio(self, track: Any, pages_index: Library | str | Path | None = None,
+                    top_k: int = 10) -> TrackResult:
+        """A track -> its moods, and the pages that fit it when a pages index is given."""
+        emb, moods = self._track_view(track)
+        pages = self._pages_for(emb, pages_index, top_k) if pages_index is not None else ()
+        return TrackResult(_describe(track), moods, pages)

@@ -1,0 +1,461 @@
+"""A tiny, valid model bundle and generated inputs for the runtime tests (no torch).
+
+``write_tiny_bundle`` builds three small ONNX graphs with ``onnx.helper`` that follow the
+export's conventions exactly (input ``pixels`` / ``tokens`` / ``waveform``, output
+``embedding``, dynamic batch, dynamic audio length, int16 scaling inside the audio graph,
+un-normalised outputs) plus a real manifest with sha256s and label embeddings. The
+graphs compute simple statistics (quadrant means, loudness, roughness) through random
+projections, so different inputs get different, deterministic embeddings. The int8 graphs
+are the fp32 ones through ``onnxruntime.quantization.quantize_dynamic``, i.e. real int8.
+
+``tiny_world`` also writes music in several formats, rates and channel counts, manga-like
+pages, and every kind of bad input the CLIs must refuse; it is built once per test session.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import struct
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # plain `pytest` puts tests/ on the path, not the repo root
+    sys.path.insert(0, str(ROOT))
+
+EMBED_DIM = 16
+IMAGE_SIZE = 32
+SAMPLE_RATE = 44100
+OPSET = 17
+IR_VERSION = 9  # what onnxruntime >= 1.17 reads
+
+
+# -- graphs -------------------------------------------------------------------------------
+def _init(name: str, arr: np.ndarray):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+def _model(nodes, inputs, outputs, inits, name: str):
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tiny-fixture")
+    model.ir_version = IR_VERSION
+    return model
+
+
+def _head(rng, feat: str, n_feat: int, d: int, prefix: str):
+    """features [B, n] -> tanh(f W1 + b1) W2: a small nonlinear projection to [B, d]."""
+    from onnx import helper
+
+    inits = [_init(f"{prefix}_w1", rng.standard_normal((n_feat, d)).astype(np.float32)),
+             _init(f"{prefix}_b1", (0.1 * rng.standard_normal(d)).astype(np.float32)),
+             _init(f"{prefix}_w2", (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32))]
+    nodes = [helper.make_node("MatMul", [feat, f"{prefix}_w1"], ["h0"]),
+             helper.make_node("Add", ["h0", f"{prefix}_b1"], ["h1"]),
+             helper.make_node("Tanh", ["h1"], ["h2"]),
+             helper.make_node("MatMul", ["h2", f"{prefix}_w2"], ["embedding"])]
+    return nodes, inits
+
+
+def image_graph(d: int = EMBED_DIM, size: int = IMAGE_SIZE, seed: int = 1):
+    """pixels [batch,3,S,S] -> quadrant means, channel max, channel energy -> [batch, d]."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    half = size // 2
+    nodes = [
+        helper.make_node("AveragePool", ["pixels"], ["quad"], kernel_shape=[half, half], strides=[half, half]),
+        helper.make_node("Flatten", ["quad"], ["f_quad"], axis=1),
+        helper.make_node("GlobalMaxPool", ["pixels"], ["gmax"]),
+        helper.make_node("Flatten", ["gmax"], ["f_max"], axis=1),
+        helper.make_node("Mul", ["pixels", "pixels"], ["sq"]),
+        helper.make_node("GlobalAveragePool", ["sq"], ["energy"]),
+        helper.make_node("Flatten", ["energy"], ["f_energy"], axis=1),
+        helper.make_node("Concat", ["f_quad", "f_max", "f_energy"], ["feat"], axis=1),
+    ]
+    head, inits = _head(rng, "feat", 12 + 3 + 3, d, "img")
+    return _model(nodes + head,
+                  [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, size, size])],
+                  [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", d])], inits, "image")
+
+
+def text_graph(d: int = EMBED_DIM, seed: int = 2, buckets: int = 1024, width: int = 8):
+    """tokens [batch,77] int64 -> mean of hashed token embeddings -> [batch, d]."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    inits = [_init("buckets", np.array(buckets, dtype=np.int64)),
+             _init("table", rng.standard_normal((buckets, width)).astype(np.float32))]
+    nodes = [
+        helper.make_node("Mod", ["tokens", "buckets"], ["ids"]),
+        helper.make_node("Gather", ["table", "ids"], ["vecs"], axis=0),
+        helper.make_node("ReduceMean", ["vecs"], ["feat"], axes=[1], keepdims=0),
+    ]
+    head, more = _head(rng, "feat", width, d, "txt")
+    return _model(nodes + head,
+                  [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", 77])],
+                  [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", d])], inits + more, "text")
+
+
+def audio_graph(d: int = EMBED_DIM, seed: int = 3):
+    """waveform [batch, samples] in [-1,1] -> x32768 (as the real graph) -> loudness,
+    peak, RMS, roughness (mean |diff|) and roughness/loudness, logged -> [batch, d]."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    big = np.iinfo(np.int64).max
+    inits = [_init("int16_scale", np.array(32768.0, np.float32)), _init("one", np.array(1.0, np.float32)),
+             _init("s1", np.array([1], np.int64)), _init("e1", np.array([big], np.int64)),
+             _init("s0", np.array([0], np.int64)), _init("e0", np.array([-1], np.int64)),
+             _init("ax1", np.array([1], np.int64))]
+    nodes = [
+        helper.make_node("Mul", ["waveform", "int16_scale"], ["x"]),
+        helper.make_node("Abs", ["x"], ["ax"]),
+        helper.make_node("ReduceMean", ["ax"], ["loud"], axes=[1], keepdims=1),
+        helper.make_node("ReduceMax", ["ax"], ["peak"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["x", "x"], ["x2"]),
+        helper.make_node("ReduceMean", ["x2"], ["ms"], axes=[1], keepdims=1),
+        helper.make_node("Sqrt", ["ms"], ["rms"]),
+        helper.make_node("Slice", ["x", "s1", "e1", "ax1"], ["x_next"]),
+        helper.make_node("Slice", ["x", "s0", "e0", "ax1"], ["x_prev"]),
+        helper.make_node("Sub", ["x_next", "x_prev"], ["dx"]),
+        helper.make_node("Abs", ["dx"], ["adx"]),
+        helper.make_node("ReduceMean", ["adx"], ["rough"], axes=[1], keepdims=1),
+        helper.make_node("Add", ["loud", "one"], ["loud1"]),
+        helper.make_node("Div", ["rough", "loud1"], ["ratio"]),
+        helper.make_node("Concat", ["loud", "peak", "rms", "rough"], ["stats"], axis=1),
+        helper.make_node("Add", ["stats", "one"], ["stats1"]),
+        helper.make_node("Log", ["stats1"], ["logstats"]),
+        helper.make_node("Mul", ["ratio", "int16_scale"], ["ratio_big"]),
+        helper.make_node("Add", ["ratio_big", "one"], ["ratio1"]),
+        helper.make_node("Log", ["ratio1"], ["logratio"]),
+        helper.make_node("Concat", ["logstats", "logratio"], ["feat0"], axis=1),
+        # centre the features so tanh does not saturate identically for every track
+        helper.make_node("Sub", ["feat0", "feat_mean"], ["feat"]),
+    ]
+    inits.append(_init("feat_mean", np.array([[7.5, 9.5, 8.0, 6.5, 7.0]], np.float32)))
+    head, more = _head(rng, "feat", 5, d, "aud")
+    return _model(nodes + head,
+                  [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", "samples"])],
+                  [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", d])], inits + more, "audio")
+
+
+# -- bundle -------------------------------------------------------------------------------
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _unit_rows(rng, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def write_tiny_bundle(out: str | Path, precisions: tuple[str, ...] = ("fp32", "int8"), d: int = EMBED_DIM,
+                      demo: bool = False, seed: int = 0, window_seconds: float = 2.0, hop_seconds: float = 1.0) -> Path:
+    """Write a complete bundle folder the runtime accepts; returns its path."""
+    import onnx
+
+    from runtime.labels import GENRE_LABELS, MOOD_LABELS
+    from runtime.manifest import (SCHEMA_VERSION, AudioPreprocess, EncoderFile, ImagePreprocess, LabelEmbeddings,
+                                  LogitScales, Manifest, ModelInfo, TensorSpec, TextPreprocess)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    graphs = {"image": image_graph(d, seed=seed + 1), "text": text_graph(d, seed=seed + 2),
+              "audio": audio_graph(d, seed=seed + 3)}
+    io_specs = {
+        "image": ((TensorSpec("pixels", "float32", ("batch", 3, IMAGE_SIZE, IMAGE_SIZE)),)),
+        "text": ((TensorSpec("tokens", "int64", ("batch", 77)),)),
+        "audio": ((TensorSpec("waveform", "float32", ("batch", "samples")),)),
+    }
+    encoders = []
+    for modality, model in graphs.items():
+        fp32 = out / f"{modality}.fp32.onnx"
+        onnx.save(model, str(fp32))
+        for precision in precisions:
+            path = out / f"{modality}.{precision}.onnx"
+            if precision == "int8":
+                import logging
+
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                logging.disable(logging.WARNING)  # its "consider pre-processing" advice is noise here
+                try:
+                    quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
+                finally:
+                    logging.disable(logging.NOTSET)
+            elif precision != "fp32":
+                raise ValueError(f"the tiny bundle makes fp32 and int8 graphs, not {precision}")
+            encoders.append(EncoderFile(modality, precision, path.name, _sha(path), path.stat().st_size,
+                                        io_specs[modality], (TensorSpec("embedding", "float32", ("batch", d)),),
+                                        "dynamic" if precision == "int8" else ""))
+        if "fp32" not in precisions:
+            fp32.unlink()
+    vocab = out / TextPreprocess().vocab_file
+    shutil.copyfile(ROOT / "runtime" / "assets" / vocab.name, vocab)
+    labels = tuple(LabelEmbeddings(ls.name, ls.classes, ls.template, _unit_rows(rng, len(ls.classes), d))
+                   for ls in (MOOD_LABELS, GENRE_LABELS))
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        model=ModelInfo("tiny-test", "random tiny graphs for tests", "none", "0" * 64, demo=demo),
+        embed_dim=d,
+        # Small scales (the real ones are ~100) keep the tiny model's tag distributions away from 0/1,
+        # so tests of them can tell right from wrong.
+        logit_scales=LogitScales(image_text=10.0, audio_text=8.0, audio_image=5.0),
+        image=ImagePreprocess(size=IMAGE_SIZE),
+        audio=AudioPreprocess(sample_rate=SAMPLE_RATE, window_seconds=window_seconds, hop_seconds=hop_seconds,
+                              min_seconds=0.5),
+        text=TextPreprocess(),
+        encoders=tuple(encoders),
+        labels=labels,
+        vocab_sha256=_sha(vocab),
+    )
+    Manifest.from_dict(manifest.to_dict())  # the writer must produce what the reader accepts
+    (out / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=1))
+    return out
+
+
+def tamper(path: str | Path, offset: int = -20) -> None:
+    """Flip one byte in place (same size, so only the sha256 can tell)."""
+    data = bytearray(Path(path).read_bytes())
+    data[offset] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+
+
+# -- audio ---------------------------------------------------------------------------------
+def _tone(kind: str, seconds: float, sr: int, freq: float, amp: float, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    if kind == "sine":
+        x = np.sin(2 * np.pi * freq * t)
+    elif kind == "square":
+        x = np.sign(np.sin(2 * np.pi * freq * t))
+    elif kind == "chirp":
+        x = np.sin(2 * np.pi * (freq + 400 * t) * t)
+    elif kind == "noise":
+        x = rng.uniform(-1, 1, t.shape)
+    else:
+        raise ValueError(kind)
+    # A slow swell so windows of one track differ (the best window is then well defined).
+    env = 0.4 + 0.6 * (0.5 - 0.5 * np.cos(2 * np.pi * t / max(seconds, 1e-9)))
+    return (amp * env * x).astype(np.float32)
+
+
+def write_music(folder: str | Path) -> dict[str, Path]:
+    """Tracks in several formats, rates and channel counts, in nested folders."""
+    import soundfile as sf
+
+    folder = Path(folder)
+    (folder / "a").mkdir(parents=True, exist_ok=True)
+    (folder / "b" / "deep").mkdir(parents=True, exist_ok=True)
+    specs = {
+        "sine_stereo": ("a/sine_stereo.wav", 44100, 2, "sine", 5.0, 440.0, 0.3, "PCM_16"),
+        "noise": ("a/noise.flac", 22050, 1, "noise", 4.0, 0.0, 0.2, "PCM_16"),
+        "chirp": ("b/chirp.ogg", 48000, 1, "chirp", 4.5, 200.0, 0.6, "VORBIS"),
+        "square": ("b/deep/square.mp3", 44100, 1, "square", 6.0, 110.0, 0.5, "MPEG_LAYER_III"),
+        "short": ("short.wav", 8000, 1, "sine", 0.3, 880.0, 0.8, "PCM_16"),
+    }
+    out = {}
+    for i, (name, (rel, sr, ch, kind, secs, freq, amp, subtype)) in enumerate(specs.items()):
+        x = _tone(kind, secs, sr, freq, amp, seed=i)
+        data = np.stack([x, 0.5 * x], axis=1) if ch == 2 else x
+        path = folder / rel
+        sf.write(str(path), data, sr, subtype=subtype)
+        out[name] = path
+    (folder / "notes.txt").write_text("not music")
+    sf.write(str(folder / ".hidden.wav"), _tone("sine", 1.0, 8000, 300, 0.5), 8000)
+    return out
+
+
+def write_extra_track(path: str | Path, seconds: float = 3.0, freq: float = 660.0, amp: float = 0.4) -> Path:
+    import soundfile as sf
+
+    sf.write(str(path), _tone("sine", seconds, 44100, freq, amp, seed=7), 44100)
+    return Path(path)
+
+
+# -- pages ----------------------------------------------------------------------------------
+def write_pages(folder: str | Path) -> dict[str, Path]:
+    """Manga-like pages: tall RGB, grayscale JPEG, a double spread, RGBA, palette."""
+    from PIL import Image, ImageDraw
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+
+    def panels(size, seed, mode="RGB"):
+        rng = np.random.default_rng(seed)
+        img = Image.new(mode, size, "white")
+        draw = ImageDraw.Draw(img)
+        w, h = size
+        for _ in range(6):
+            x0, y0 = int(rng.integers(0, w - 10)), int(rng.integers(0, h - 10))
+            x1, y1 = x0 + int(rng.integers(5, w // 2)), y0 + int(rng.integers(5, h // 2))
+            fill = tuple(int(v) for v in rng.integers(0, 255, 3)) if mode == "RGB" else int(rng.integers(0, 255))
+            draw.rectangle([x0, y0, x1, y1], fill=fill, outline="black" if mode == "RGB" else 0)
+        return img
+
+    out["tall"] = folder / "tall.png"
+    panels((60, 90), 1).save(out["tall"])
+    out["gray"] = folder / "gray.jpg"
+    panels((80, 120), 2, "L").save(out["gray"], quality=90)
+    out["spread"] = folder / "spread.png"
+    panels((180, 90), 3).save(out["spread"])
+    rgba = panels((64, 96), 4).convert("RGBA")
+    rgba.putalpha(200)
+    out["rgba"] = folder / "rgba.png"
+    rgba.save(out["rgba"])
+    out["palette"] = folder / "palette.gif"
+    panels((70, 100), 5).convert("P").save(out["palette"])
+    return out
+
+
+# -- bad inputs -------------------------------------------------------------------------------
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A few hundred bytes that claim to be a 20000x20000 grayscale PNG."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + _png_chunk(b"IEND", b""))
+
+
+def write_bad_inputs(folder: str | Path) -> dict[str, Path]:
+    import soundfile as sf
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    out["corrupt_image"] = folder / "corrupt.png"
+    out["corrupt_image"].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 80, 3), dtype=np.uint8)).save(buf, "JPEG")
+    out["truncated_image"] = folder / "truncated.jpg"
+    out["truncated_image"].write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    out["bomb_image"] = folder / "bomb.png"
+    out["bomb_image"].write_bytes(bomb_png())
+    out["silent_audio"] = folder / "silent.wav"
+    sf.write(str(out["silent_audio"]), np.zeros(44100, np.float32), 44100)
+    out["empty_audio"] = folder / "empty.wav"
+    sf.write(str(out["empty_audio"]), np.zeros(0, np.float32), 44100)
+    out["text_as_mp3"] = folder / "lyrics.mp3"
+    out["text_as_mp3"].write_text("these are lyrics, not audio\n" * 20)
+    out["no_audio_dir"] = folder / "no_audio"
+    out["no_audio_dir"].mkdir(exist_ok=True)
+    (out["no_audio_dir"] / "readme.txt").write_text("nothing to hear")
+    return out
+
+
+# -- the world ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TinyWorld:
+    """Everything the runtime tests read: do not modify in place (copy first)."""
+
+    root: Path
+    bundle: Path
+    music: Path
+    tracks: dict
+    pages_dir: Path
+    pages: dict
+    bad: dict
+    library: Path  # music library of `music`, built with `bundle`
+    pages_index: Path  # pages index of `pages_dir`
+
+
+_WORLD: TinyWorld | None = None
+
+
+def tiny_world(root: Path) -> TinyWorld:
+    """Build (once per process) the bundle, inputs, a music library and a pages index."""
+    global _WORLD
+    if _WORLD is None:
+        from runtime.encoders import Encoders
+        from runtime.library import build_library
+
+        bundle = write_tiny_bundle(root / "bundle")
+        tracks = write_music(root / "music")
+        pages = write_pages(root / "pages")
+        bad = write_bad_inputs(root / "bad")
+        enc = Encoders(bundle, device="cpu", threads=1)
+        build_library(root / "music", root / "library", enc, progress=False)
+        build_library(root / "pages", root / "pages_index", enc, kind="pages", progress=False)
+        _WORLD = TinyWorld(root, bundle, root / "music", tracks, root / "pages", pages, bad, root / "library",
+                           root / "pages_index")
+    return _WORLD
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> TinyWorld:
+    return tiny_world(tmp_path_factory.mktemp("tiny_world"))
+
+
+def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 60):
+    """Run ``python -m module args`` from the repo root; returns CompletedProcess (text)."""
+    import os
+    import subprocess
+
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def synthetic_library(out: str | Path, bundle_dir: str | Path, n_tracks: int, windows_per_track: int = 8,
+                      seed: int = 0) -> Path:
+    """A valid music library of ``n_tracks`` random unit vectors, written straight in the
+    library folder format (no audio, no encoder): for latency tests at catalogue sizes
+    that real indexing would take hours to reach. Track paths point nowhere."""
+    import sqlite3
+
+    from numpy.lib.format import open_memmap
+
+    from runtime import library as libmod
+    from runtime.bundle import Bundle
+
+    b = Bundle.load(bundle_dir)
+    d = b.embed_dim
+    out = Path(out)
+    gen = out / "gen-000001"
+    gen.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    tracks = open_memmap(gen / libmod.TRACKS_NAME, "w+", np.float32, (n_tracks, d))
+    windows = open_memmap(gen / libmod.WINDOWS_NAME, "w+", libmod.WINDOW_DTYPE, (n_tracks * windows_per_track, d))
+    chunk = 8192
+    for lo in range(0, n_tracks, chunk):
+        hi = min(n_tracks, lo + chunk)
+        w = rng.standard_normal(((hi - lo) * windows_per_track, d)).astype(np.float32)
+        w /= np.linalg.norm(w, axis=1, keepdims=True)
+        windows[lo * windows_per_track:hi * windows_per_track] = w
+        pooled = w.reshape(hi - lo, windows_per_track, d).mean(1)
+        tracks[lo:hi] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    starts = np.tile(np.arange(windows_per_track, dtype=np.float64) * b.manifest.audio.hop_seconds, n_tracks)
+    np.save(gen / libmod.STARTS_NAME, starts)
+    tracks.flush()
+    windows.flush()
+    moods = json.dumps({c: round(1 / 7, 6) for c in b.manifest.label_set("moods").classes})
+    db = sqlite3.connect(gen / libmod.DB_NAME)
+    db.executescript(libmod._SCHEMA_SQL)
+    db.executemany("INSERT INTO meta VALUES (?, ?)", {
+        "schema_version": str(libmod.LIBRARY_SCHEMA_VERSION), "kind": "music", "bundle_fingerprint": b.fingerprint,
+        "model_name": b.manifest.model.name, "embed_dim": str(d), "root": "/synthetic", "created": "synthetic",
+        "updated": "synthetic", "precision": "int8"}.items())
+    db.executemany("INSERT INTO tracks VALUES (?, ?, 0, 0, ?, 180.0, ?, ?, ?, 'Happy music', NULL, 'ok')",
+                   ((i, f"track{i:07d}.mp3", f"{i:064x}", i * windows_per_track, windows_per_track, moods)
+                    for i in range(n_tracks)))
+    db.commit()
+    db.close()
+    (out / libmod.CURRENT_NAME).write_text(gen.name + "\n")
+    return out
