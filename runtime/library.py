@@ -190,15 +190,19 @@ def _read_current(lib_dir: Path) -> Path:
 
 
 def _resolve_root(lib_dir: Path, stored: str) -> Path:
-    p = Path(stored)
-    return p if p.is_absolute() else (lib_dir / p).resolve()
+    """The music root: "REL|ABS" prefers REL (the library moved with its music, e.g. a fresh
+    clone of the shipped demo) and falls back to ABS (the library moved on its own)."""
+    rel, _, absolute = stored.partition("|")
+    p = Path(rel)
+    if p.is_absolute():
+        return p
+    candidate = (lib_dir / p).resolve()
+    return candidate if candidate.exists() or not absolute else Path(absolute)
 
 
 def _store_root(lib_dir: Path, root: Path) -> str:
     lib_dir, root = lib_dir.resolve(), root.resolve()
-    if lib_dir.is_relative_to(root) or root.is_relative_to(lib_dir):
-        return os.path.relpath(root, lib_dir)
-    return str(root)
+    return f"{os.path.relpath(root, lib_dir)}|{root}"
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,13 @@ class ESResNeXtFBSP(nn.Module):
         return db.reshape(db.shape[0], cfg.bands, per_band, db.shape[-1])
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        x = self.spectrogram(waveform.to(self.window.dtype))
+        return self.embed_spectrogram(self.spectrogram(waveform.to(self.window.dtype)))
+
+    def embed_spectrogram(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk alone: dB spectrogram [B, bands, bins/bands, frames] -> embedding.
+
+        Split out so training with a frozen front end can compute spectrograms once.
+        """
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for layer, gate in ((self.layer1, self.att1), (self.layer2, self.att2),
                             (self.layer3, self.att3), (self.layer4, self.att4)):
