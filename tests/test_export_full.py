@@ -1,0 +1,131 @@
+"""The export at full size (134 M parameters) on the parity fixture's weights: fp32 + int8.
+
+Slow (about two to three minutes on two cores: the dynamo exporter alone takes ~80 s for
+the three towers), so the held-out set is 8 inputs per encoder instead of 32 and the
+built-in calibration set is small; the numbers the export reports at full strength are in
+the README.
+
+What the parity weights allow (measured, see README "parity"): the image and text graphs
+match PyTorch to cosine 1.000000. The audio tower with these random weights is
+numerically chaotic: its attention gates are sigmoids of activations in the thousands,
+and tiny float32 rounding differences in the quietest spectrogram bins flip some of them,
+so PyTorch float32 itself differs from PyTorch float64 by cosine 0.96-0.99, and feeding it
+the input scaled by (1 + 1e-7 noise) moves it to 0.994. The fp32 audio graph is far
+closer to PyTorch than that (32 held-out clips: mean 0.99985, min 0.9974; on some subsets
+min 0.99989), but not always at the 0.9999 target; int8 audio (mean ~0.946) is not within
+its target on these weights either, and the manifest says so.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from export import build_bundle_report  # noqa: E402
+from export.parity import TARGETS, cosines  # noqa: E402
+from runtime.manifest import Manifest  # noqa: E402
+from training.model import AudioCLIP, AudioCLIPConfig  # noqa: E402
+from training.parity_weights import layout_of, recipe_state_dict  # noqa: E402
+
+INPUT = {"image": "pixels", "text": "tokens", "audio": "waveform"}
+
+
+@pytest.fixture(scope="module")
+def full_bundle(tmp_path_factory):
+    torch.set_num_threads(2)
+    model = AudioCLIP(AudioCLIPConfig.full())
+    model.load_state_dict(recipe_state_dict(layout_of(model.state_dict())))
+    model.eval()
+    out = tmp_path_factory.mktemp("export_full") / "bundle"
+    report = build_bundle_report(model, out, precisions=("fp32", "int8"), progress=False, parity_inputs=8,
+                                 calibration_size=(8, 4))
+    return model, out, report
+
+
+def _session(path):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.slow
+def test_full_size_bundle(full_bundle):
+    model, out, report = full_bundle
+    manifest = report.manifest
+    assert Manifest.from_dict(json.loads((out / "manifest.json").read_text())).embed_dim == 1024
+    # The whole export (model, exporter, quantiser, parity) stayed far inside 24 GB.
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    assert peak_gb < 12, peak_gb
+    sizes = {(e.modality, e.precision): e.bytes for e in manifest.encoders}
+    # Text and audio shrink ~4x and ~3x; the image int8 graph may keep its last stage and
+    # attention pool in fp32 (when the all-int8 recipe misses the parity target).
+    for modality in INPUT:
+        limit = 1.0 if modality == "image" else 0.5
+        assert sizes[(modality, "int8")] < limit * sizes[(modality, "fp32")], (modality, sizes)
+    parity = {(p.modality, p.precision): p for p in manifest.parity}
+    lines = [f"{m}.{p}: {sizes[(m, p)] / 1e6:.1f} MB, cosine min {e.min_cosine:.6f} mean {e.mean_cosine:.6f} "
+             f"({'ok' if e.passed else 'MISSED'})" for (m, p), e in sorted(parity.items())]
+    print("\nfull-size export (parity weights, 8 held-out inputs):\n  " + "\n  ".join(lines)
+          + f"\n  exporters: {report.exporters}; {report.seconds:.0f} s")
+    for key, entry in parity.items():
+        assert entry.passed == TARGETS[key[1]].met(entry.min_cosine, entry.mean_cosine)
+    for modality in ("image", "text"):
+        assert parity[(modality, "fp32")].passed, parity[(modality, "fp32")]
+    assert parity[("text", "int8")].passed, parity[("text", "int8")]
+    assert parity[("image", "int8")].mean_cosine >= TARGETS["int8"].mean_cosine, parity[("image", "int8")]
+    # Audio fp32: far inside the chaotic trunk's own float32 noise (PyTorch fp32 vs fp64 is
+    # 0.96-0.99 on such inputs), though not always at the 0.9999 target (module docstring).
+    audio = parity[("audio", "fp32")]
+    assert audio.mean_cosine >= 0.9995 and audio.min_cosine >= 0.99, audio
+
+
+@pytest.mark.slow
+def test_full_size_audio_5s_and_dynamic_batch(full_bundle):
+    model, out, _ = full_bundle
+    rng = np.random.default_rng(5)
+    n = 5 * 44100
+    t = np.arange(n) / 44100
+    # Music-like rows (chord + noise) and one noise row; batch 3, then the first row alone.
+    chord = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)) / 3
+    wave = np.stack([0.4 * chord + 0.02 * rng.standard_normal(n), 0.2 * rng.standard_normal(n),
+                     0.3 * np.roll(chord, 1000) + 0.05 * rng.standard_normal(n)]).astype(np.float32)
+    with torch.no_grad():
+        ref = model.audio(torch.from_numpy(wave) * 32768.0).numpy()
+    sess = _session(out / "audio.fp32.onnx")
+    got = sess.run(["embedding"], {"waveform": wave})[0]
+    cos = cosines(got, ref)
+    print(f"\nfull-size audio fp32 at 5 s, batch 3: cosine {np.round(cos, 6).tolist()}")
+    assert got.shape == (3, 1024)
+    assert cos.mean() >= 0.9995 and cos.min() >= 0.99, cos
+    one = sess.run(["embedding"], {"waveform": wave[:1]})[0]
+    assert cosines(one, got[:1])[0] > 0.9999
+
+
+@pytest.mark.slow
+def test_full_size_int8_is_faster_than_fp32(full_bundle):
+    """Latency at batch 1, 2 threads, measured side by side (median of alternating runs)."""
+    _, out, _ = full_bundle
+    x = {"image": np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32),
+         "text": np.array([[49406, 320, 1125, 49407] + [0] * 73], dtype=np.int64)}
+    report = []
+    for modality, inp in x.items():
+        s32, s8 = _session(out / f"{modality}.fp32.onnx"), _session(out / f"{modality}.int8.onnx")
+        feed = {INPUT[modality]: inp}
+        for s in (s32, s8):
+            s.run(None, feed)
+        t32, t8 = [], []
+        for _ in range(5):
+            for s, acc in ((s32, t32), (s8, t8)):
+                start = time.perf_counter()
+                s.run(None, feed)
+                acc.append(time.perf_counter() - start)
+        report.append(f"{modality}: fp32 {np.median(t32) * 1e3:.0f} ms, int8 {np.median(t8) * 1e3:.0f} ms")
+        assert np.median(t8) < np.median(t32), report[-1]
+    print("\nlatency (batch 1, 2 threads): " + "; ".join(report))
