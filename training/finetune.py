@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader, Dataset
 from runtime.errors import InputError, MangaMusicError
 from runtime.labels import GENRE_LABELS, GENRES, MOOD_LABELS, MOODS
 from runtime.manifest import ImagePreprocess
-from training.checkpoints import CheckpointError, load_model, save_checkpoint
+from training.checkpoints import CheckpointError, atomic_torch_save, load_model, save_checkpoint
 from training.config import (
     ConfigError,
     TrainConfig,
@@ -570,17 +570,6 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _json_safe(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None  # JSON has no NaN; a missing number reads as null
@@ -878,7 +867,7 @@ def _save_epoch(run_dir: Path, model, optimizer, scheduler, scaler, cfg, data, e
         "bad_train": [[int(k), v] for k, v in bad.items()], "bad_val": [[int(k), v] for k, v in bad_val.items()],
         "best_epoch": best_epoch, "best_val_loss": best_loss, "best_score": best_score, "split": data.split,
     }
-    _atomic_torch_save(state, run_dir / "state.pt")
+    atomic_torch_save(state, run_dir / "state.pt")
     meta = _checkpoint_meta(cfg, data, epoch, history[-1])
     save_checkpoint(run_dir / "last.pt", model, meta)
     if best_epoch == epoch:
