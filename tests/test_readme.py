@@ -97,8 +97,9 @@ def test_every_readme_command_runs(workspace):
         if cmd.startswith("python -m training.finetune"):
             cmd += " " + " ".join(FINETUNE_OVERRIDES)
         cmd = re.sub(r"^python ", f"{sys.executable} ", cmd)
-        done = subprocess.run(["bash", "-c", cmd], cwd=workspace, env=env, capture_output=True, text=True,
-                              timeout=600)
+        # The first command is run from a fresh clone's root, on the files the package ships.
+        cwd = REPO if "runtime/defaults/" in cmd else workspace
+        done = subprocess.run(["bash", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"README command failed: {cmd}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         ran += 1
     assert ran >= 10
