@@ -1,0 +1,364 @@
+"""pytest-benchmark JSON -> a Markdown report: medians, the ratios that matter, the targets.
+
+Called at the end of every benchmark run (``benchmarks/conftest.py``, terminal summary)
+and on its own::
+
+    python -m benchmarks.report benchmarks/results/latest.json
+
+It writes ``benchmarks/results/<timestamp>.md`` and ``<timestamp>.json`` and copies the
+Markdown to ``latest.md``; after a complete full-size run it also replaces the results
+block of ``benchmarks/README.md``, so the README shows the latest table.
+
+Ratios are always of medians from the same run (same process, same machine, same load),
+since absolute times differ between machines and the targets are stated as ratios.
+Benchmarks are recognised by their ``extra_info["kind"]``, not by test names.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+BLOCK_START, BLOCK_END = "<!-- latest-results:start -->", "<!-- latest-results:end -->"
+
+# (modality, clip seconds, minimum speed-up of ORT int8 over PyTorch eager fp32 at batch 1)
+SPEED_TARGETS = (("image", None, 5.0), ("audio", 5.0, 4.0), ("text", None, 3.0))
+E2E_TRACKS, E2E_TARGET_S = 100_000, 0.050
+INDEX_TARGET_X = 60.0
+
+BACKENDS = (("torch-cpu-fp32", "PyTorch fp32"), ("ort-cpu-fp32", "ORT fp32"), ("ort-cpu-int8", "ORT int8"),
+            ("torch-cuda-fp32", "PyTorch CUDA fp32"), ("ort-cuda-fp16", "ORT CUDA fp16"))
+
+
+# -- reading -----------------------------------------------------------------------------------
+def _rows(data: dict, kind: str):
+    for b in data.get("benchmarks", []):
+        info = b.get("extra_info") or {}
+        if info.get("kind") == kind:
+            yield info, b["stats"]
+
+
+def _secs(v) -> float | None:
+    return None if v is None else float(v)
+
+
+def encoder_table(data: dict) -> dict[tuple, dict[str, dict]]:
+    """{(modality, batch, seconds): {backend key: stats}}"""
+    out: dict[tuple, dict[str, dict]] = {}
+    for info, stats in _rows(data, "encoder"):
+        key = (info["modality"], int(info["batch"]), _secs(info.get("seconds")))
+        out.setdefault(key, {})[f"{info['backend']}-{info['device']}-{info['precision']}"] = stats
+    order = {"image": 0, "text": 1, "audio": 2}
+    return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][2] or 0, kv[0][1])))
+
+
+def _stat(table: dict, key: tuple, backend: str, stat: str) -> float | None:
+    s = table.get(key, {}).get(backend)
+    return None if s is None else float(s[stat])
+
+
+def _median(table: dict, key: tuple, backend: str) -> float | None:
+    return _stat(table, key, backend, "median")
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """How many times faster b is than a (a / b), or None when either is missing."""
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+# -- formatting ---------------------------------------------------------------------------------
+def fmt_ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    ms = seconds * 1e3
+    if ms >= 100:
+        return f"{ms:,.0f}"
+    return f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
+
+
+def fmt_x(r: float | None) -> str:
+    return "—" if r is None else f"{r:.2f}x"
+
+
+def _mb(b) -> str:
+    return "—" if b is None else f"{b / 2**20:,.0f}"
+
+
+def _parity(data: dict, modality: str, precision: str) -> dict | None:
+    bundle = (data.get("manga_music") or {}).get("bundle") or {}
+    for p in bundle.get("parity") or []:
+        if p.get("modality") == modality and p.get("precision") == precision:
+            return p
+    return None
+
+
+# -- targets -------------------------------------------------------------------------------------
+def targets(data: dict) -> list[dict]:
+    """One row per target: what, goal, measured, MET/MISSED/NOT MEASURED with by how much."""
+    rows = []
+    table = encoder_table(data)
+    for modality, seconds, goal in SPEED_TARGETS:
+        key = (modality, 1, seconds)
+        r = ratio(_median(table, key, "torch-cpu-fp32"), _median(table, key, "ort-cpu-int8"))
+        # The ratio of the fastest rounds: the least touched by other processes, so a
+        # second opinion when the machine was busy.
+        r_min = ratio(_stat(table, key, "torch-cpu-fp32", "min"), _stat(table, key, "ort-cpu-int8", "min"))
+        what = f"{modality}{'' if seconds is None else f' ({seconds:g} s)'} encoder: ORT int8 vs PyTorch eager fp32, batch 1"
+        row = {"target": what, "goal": f"≥ {goal:g}x", "measured": fmt_x(r)}
+        par = _parity(data, modality, "int8")
+        par_note = ("parity not recorded in the bundle" if par is None else
+                    f"parity cos mean {par['mean_cosine']:.4f}, min {par['min_cosine']:.4f} ({par.get('target', '')}): "
+                    f"{'passed' if par.get('passed') else 'FAILED'}")
+        misses = []
+        if r is not None and r < goal:
+            misses.append(f"{r / goal:.0%} of the goal; int8 needs {goal / r:.2f}x more speed")
+        if par is not None and not par.get("passed"):
+            misses.append("int8 parity target failed")
+        if r is None:
+            row["status"] = "NOT MEASURED" + (f" ({misses[0]})" if misses else "")
+        else:
+            row["status"] = "MISSED: " + "; ".join(misses) if misses else "MET"
+        row["note"] = (f"ratio of fastest rounds {fmt_x(r_min)}; " if r_min is not None else "") + par_note
+        rows.append(row)
+
+    e2e = {(int(i["tracks"]), i["index"]): float(s["median"]) for i, s in _rows(data, "e2e")}
+    t = e2e.get((E2E_TRACKS, "exact"))
+    row = {"target": f"one page -> top-10 of {E2E_TRACKS:,} tracks, end to end (exact search)",
+           "goal": f"< {E2E_TARGET_S * 1e3:.0f} ms", "measured": "—" if t is None else f"{t * 1e3:.1f} ms", "note": ""}
+    if t is None:
+        row["status"] = "NOT MEASURED"
+    elif t < E2E_TARGET_S:
+        row["status"] = "MET"
+    else:
+        row["status"] = f"MISSED: {(t - E2E_TARGET_S) * 1e3:.1f} ms ({t / E2E_TARGET_S - 1:.0%}) over"
+    ph = next((i.get("phases_s") for i, _ in _rows(data, "e2e")
+               if int(i["tracks"]) == E2E_TRACKS and i["index"] == "exact"), None)
+    if ph:
+        row["note"] = ("steps: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in ph.items()))
+    rows.append(row)
+
+    x = index_speed(data)
+    row = {"target": "indexing speed (int8, 2 threads)", "goal": f"≥ {INDEX_TARGET_X:g}x real time",
+           "measured": "—" if x is None else f"{x:.1f}x", "note": ""}
+    if x is None:
+        row["status"] = "NOT MEASURED"
+    elif x >= INDEX_TARGET_X:
+        row["status"] = "MET"
+    else:
+        row["status"] = f"MISSED: {x / INDEX_TARGET_X:.0%} of the goal; needs {INDEX_TARGET_X / x:.2f}x faster"
+    rows.append(row)
+    return rows
+
+
+def index_speed(data: dict) -> float | None:
+    for info, stats in _rows(data, "index"):
+        if info.get("audio_seconds"):
+            return float(info["audio_seconds"]) / float(stats["median"])
+    return None
+
+
+# -- rendering -------------------------------------------------------------------------------------
+def _machine_lines(data: dict) -> list[str]:
+    mm = data.get("manga_music") or {}
+    m = mm.get("machine") or {}
+    v = m.get("versions") or {}
+    b = mm.get("bundle") or {}
+    cores = f"{m.get('logical_cores')} logical"
+    if m.get("physical_cores"):
+        cores += f" / {m['physical_cores']} physical"
+    if m.get("usable_cores") and m.get("usable_cores") != m.get("logical_cores"):
+        cores += f" ({m['usable_cores']} usable)"
+    lines = [
+        f"- **CPU**: {m.get('cpu_model', '?')}, {cores} cores; {', '.join(m.get('cpu_flags') or []) or 'flags ?'}; "
+        f"memory {_mb(m.get('memory_bytes'))} MiB; {m.get('system', '')}",
+        f"- **GPU**: {m.get('gpu') or 'none'}",
+        f"- **Software**: Python {v.get('python')}, onnxruntime {v.get('onnxruntime')} "
+        f"({', '.join(p.replace('ExecutionProvider', '') for p in v.get('ort_providers') or [])}), "
+        f"torch {v.get('torch') or 'not installed'}, numpy {v.get('numpy')}, onnx {v.get('onnx')}",
+        f"- **Threads**: {m.get('threads')} (torch.set_num_threads, ORT intra-op); "
+        f"load average (1/5/15 min) at start {m.get('load_start')}, at end {m.get('load_end')}",
+    ]
+    if b:
+        methods = sorted({f"{e['modality']} {e['method']}" for e in b.get("encoders", [])
+                          if e.get("precision") == "int8" and e.get("method")})
+        lines.append(f"- **Bundle**: {b.get('size')} size, `{b.get('model')}` (fingerprint {str(b.get('fingerprint'))[:12]}), "
+                     f"{b.get('source')}")
+        if methods:
+            lines.append(f"- **int8 graphs**: {'; '.join(methods)}")
+    lines.append(f"- **Command**: `{m.get('command', '?')}`; run at {data.get('datetime', '?')}")
+    return lines
+
+
+def _busy(data: dict) -> str:
+    """A warning when other processes competed for the cores during the run."""
+    m = ((data.get("manga_music") or {}).get("machine") or {})
+    start, end = m.get("load_start"), m.get("load_end")
+    cores, threads = m.get("usable_cores") or m.get("logical_cores") or 1, m.get("threads") or 1
+    # At the start nothing of ours runs yet; at the end our own threads account for up to `threads`.
+    if not start or not end or (start[0] < 1.0 and end[0] <= threads + 1.0):
+        return ""
+    return (f"**The machine was busy** (1-min load average {start[0]} at start, {end[0]} at end, on {cores} cores): "
+            "other processes competed for the cores. That inflates every time, and PyTorch's OpenMP threads "
+            "(which wait for each other at every op) most of all, so the int8-vs-PyTorch ratios read high. "
+            "Trust ratios from a quiet run.")
+
+
+def render_markdown(data: dict) -> str:
+    out = ["# manga-music benchmarks", ""]
+    b = ((data.get("manga_music") or {}).get("bundle") or {})
+    if b and (b.get("size") != "full" or not b.get("matching_torch_model", True)):
+        out += ["**Not a full-size run** (plumbing check): the numbers below say nothing about the targets.", ""]
+    busy = _busy(data)
+    if busy:
+        out += [busy, ""]
+    out += _machine_lines(data) + ["", "## Targets", "",
+                                   "| target | goal | measured | status | note |", "|---|---|---|---|---|"]
+    for r in targets(data):
+        out.append(f"| {r['target']} | {r['goal']} | {r['measured']} | {r['status']} | {r['note']} |")
+
+    table = encoder_table(data)
+    if table:
+        cuda = any(k.startswith(("torch-cuda", "ort-cuda")) for v in table.values() for k in v)
+        cols = [k for k, _ in BACKENDS if cuda or "cuda" not in k]
+        head = ["encoder", "batch", *[dict(BACKENDS)[k] + " ms" for k in cols],
+                "int8 vs PyTorch", "int8 vs ORT fp32", "ORT fp32 vs PyTorch"]
+        if cuda:
+            head.append("fp16 vs PyTorch (GPU)")
+        head.append("rounds")
+        out += ["", "## Encoders (median ms; ratios: how many times faster)", "",
+                "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for (modality, batch, seconds), cells in table.items():
+            name = modality if seconds is None else f"{modality} {seconds:g} s"
+            med = {k: (None if k not in cells else float(cells[k]["median"])) for k in cols}
+            row = [name, str(batch), *[fmt_ms(med[k]) for k in cols],
+                   fmt_x(ratio(med.get("torch-cpu-fp32"), med.get("ort-cpu-int8"))),
+                   fmt_x(ratio(med.get("ort-cpu-fp32"), med.get("ort-cpu-int8"))),
+                   fmt_x(ratio(med.get("torch-cpu-fp32"), med.get("ort-cpu-fp32")))]
+            if cuda:
+                row.append(fmt_x(ratio(med.get("torch-cuda-fp32"), med.get("ort-cuda-fp16"))))
+            row.append("/".join(str(cells[k]["rounds"]) if k in cells else "-" for k in cols))
+            out.append("| " + " | ".join(row) + " |")
+
+    e2e = {(int(i["tracks"]), i["index"]): (i, s) for i, s in _rows(data, "e2e")}
+    search = {(int(i["tracks"]), i["index"]): s for i, s in _rows(data, "search")}
+    keys = sorted(set(e2e) | set(search))
+    if keys:
+        out += ["", "## One page -> top-10 tracks (median ms, int8 image encoder)", "",
+                "Steps of the query timed right after its end-to-end rounds: page decode + preprocess, image "
+                "encoder, search for the page, hit lookups (SQLite row, best window); search only is a "
+                "separate benchmark with a random query.", "",
+                "| tracks | index | end to end | preprocess | encoder | search | hits | search only | rows | rounds |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for k in keys:
+            info, st = e2e.get(k, ({}, None))
+            se = search.get(k)
+            ph = info.get("phases_s") or {}
+            t = None if st is None else float(st["median"])
+            s = None if se is None else float(se["median"])
+            out.append(f"| {k[0]:,} | {k[1]} | {fmt_ms(t)} | {fmt_ms(ph.get('preprocess'))} | "
+                       f"{fmt_ms(ph.get('encoder'))} | {fmt_ms(ph.get('search'))} | {fmt_ms(ph.get('hits'))} | "
+                       f"{fmt_ms(s)} | {info.get('storage', 'float32 memmap')} | {'-' if st is None else st['rounds']} |")
+
+    idx = list(_rows(data, "index"))
+    if idx:
+        out += ["", "## Index throughput (int8, 2 threads)", "",
+                "| tracks | audio s | windows | median wall s | x real time |", "|---|---|---|---|---|"]
+        for info, st in idx:
+            x = (info.get("audio_seconds") or 0) / float(st["median"])
+            out.append(f"| {info['tracks']} x {info['track_seconds']:g} s | {info.get('audio_seconds', 0):.0f} | "
+                       f"{info.get('windows', '?')} | {float(st['median']):.2f} | {x:.1f}x |")
+
+    cold = list(_rows(data, "cold_start"))
+    if cold:
+        out += ["", "## Cold start (new process, median s)", "",
+                "| library | process total | import runtime | load bundle | first query | second query |",
+                "|---|---|---|---|---|---|"]
+        for info, st in cold:
+            f = lambda k: "—" if info.get(k) is None else f"{info[k]:.3f}"  # noqa: E731
+            out.append(f"| {info['tracks']:,} | {float(st['median']):.3f} | {f('import_s')} | {f('bundle_load_s')} | "
+                       f"{f('first_query_s')} | {f('second_query_s')} |")
+
+    mem = sorted(_rows(data, "memory"), key=lambda r: r[0]["tracks"])
+    if mem:
+        out += ["", "## Query process memory (MiB)", "",
+                "| library | peak RSS | RSS at exit | of which anonymous | of which file-backed (library, graphs) |",
+                "|---|---|---|---|---|"]
+        for info, _ in mem:
+            out.append(f"| {info['tracks']:,} | {_mb(info.get('peak_rss'))} | {_mb(info.get('rss_end'))} | "
+                       f"{_mb(info.get('rss_anon_end'))} | {_mb(info.get('rss_file_end'))} |")
+    return "\n".join(out) + "\n"
+
+
+# -- writing -----------------------------------------------------------------------------------------
+def _stamp(data: dict) -> str:
+    try:
+        dt = datetime.fromisoformat(str(data["datetime"]))
+    except (KeyError, ValueError):
+        dt = datetime.now(timezone.utc)
+    return dt.astimezone(timezone.utc).strftime("%Y%m%d-%H%M%SZ")
+
+
+def complete(data: dict) -> bool:
+    """A full-size run that measured every target: only such a run replaces the README table."""
+    b = ((data.get("manga_music") or {}).get("bundle") or {})
+    return b.get("size") == "full" and all(r["status"] != "NOT MEASURED" for r in targets(data))
+
+
+def update_readme(markdown: str, readme: Path = README) -> bool:
+    if not readme.is_file():
+        return False
+    text = readme.read_text(encoding="utf-8")
+    if BLOCK_START not in text or BLOCK_END not in text:
+        return False
+    head, rest = text.split(BLOCK_START, 1)
+    _, tail = rest.split(BLOCK_END, 1)
+    # The report's own title would be a second H1 inside the README.
+    body = markdown.split("\n", 2)[2] if markdown.startswith("# ") else markdown
+    readme.write_text(f"{head}{BLOCK_START}\n{body.strip()}\n{BLOCK_END}{tail}", encoding="utf-8")
+    return True
+
+
+def write_report(data: dict, results_dir: Path = RESULTS, readme: Path | None = README) -> list[Path]:
+    """Write <stamp>.md, <stamp>.json and latest.md; update the README after a complete run."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    md = render_markdown(data)
+    stamp = _stamp(data)
+    written = []
+    for name, text in ((f"{stamp}.md", md), ("latest.md", md),
+                       (f"{stamp}.json", json.dumps(data, indent=1, default=str))):
+        p = results_dir / name
+        tmp = p.with_name(f".{p.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(p)
+        written.append(p)
+    if readme is not None and complete(data) and update_readme(md, readme):
+        written.append(readme)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.report",
+                                 description="Turn a pytest-benchmark JSON file of this suite into the Markdown report "
+                                             "(printed, and written to benchmarks/results/).")
+    ap.add_argument("json", type=Path, help="the file written by --benchmark-json")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the report files (default: %(default)s)")
+    ap.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.md")
+    args = ap.parse_args(argv)
+    try:
+        data = json.loads(args.json.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"error: {args.json}: {exc}", file=sys.stderr)
+        return 2
+    print(render_markdown(data))
+    for p in write_report(data, args.out, None if args.no_readme else README):
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
