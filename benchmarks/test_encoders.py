@@ -74,10 +74,14 @@ def test_encoder(benchmark, request, bench_bundle, modality, batch, seconds, bac
     else:
         fn, provider = _ort_fn(request, modality, batch, seconds, device, precision)
     benchmark.group = f"encoder {_case_name(modality, batch, seconds)}"
-    # Batch 8 of 30 s audio is tens of seconds per call on 2 cores: one timed round. The
-    # rest get at least two, and more while they fit in the budget.
+    # The batch-1 cases the targets are stated on get at least 5 rounds: on a shared
+    # machine a 2-round median of PyTorch swings by several times. Batch 8 of 30 s audio
+    # is tens of seconds per call on 2 cores: one round. The rest: at least two, and more
+    # while they fit in the budget.
+    target_case = batch == 1 and (seconds is None or seconds <= 5)
     heavy = seconds is not None and seconds * batch > 100
-    shape = measure(benchmark, fn, budget_s=3.0, min_rounds=1 if heavy else 2, max_rounds=15,
+    min_rounds = 5 if target_case else 1 if heavy else 2
+    shape = measure(benchmark, fn, budget_s=5.0 if target_case else 3.0, min_rounds=min_rounds, max_rounds=15,
                     kind="encoder", modality=modality, batch=batch, seconds=seconds, backend=backend,
                     device=device, precision=precision, provider=provider, bundle_size=bench_bundle.size)
     assert tuple(shape) == (batch, bench_bundle.info["embed_dim"]) or bench_bundle.model_config is None
