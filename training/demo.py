@@ -91,7 +91,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> "DemoConfig":
-        """A few-minute-less version for tests: same pipeline, less data and fewer steps."""
+        """A smaller, faster run for tests: the same pipeline on less data with fewer steps."""
         return cls(books_per_genre=2, pages_per_book=5, clips_per_mood=10, prior_steps=60,
                    image_epochs=2, audio_epochs=2, tracks_per_mood=1)
 

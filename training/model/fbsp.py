@@ -23,12 +23,6 @@ def blackman_harris(length: int) -> np.ndarray:
     return (a[0] - a[1] * np.cos(x) + a[2] * np.cos(2 * x) - a[3] * np.cos(3 * x)).astype(np.float32)
 
 
-def frame_count(samples: int, frame_length: int, hop: int) -> int:
-    if samples <= frame_length:
-        return 1
-    return 1 + math.ceil((samples - frame_length) / hop)
-
-
 def frame_signal(x: torch.Tensor, frame_length: int, hop: int) -> torch.Tensor:
     """[B, T] -> [B, frames, frame_length], zero-padding (half, rounded down, in front) to fit exactly.
 
