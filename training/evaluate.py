@@ -225,6 +225,26 @@ def _chunks(n: int) -> list[range]:
     return [range(i, min(i + _CHUNK, n)) for i in range(0, n, _CHUNK)]
 
 
+def _embed_readable(backend: EmbeddingBackend, records: Sequence, load, embed, desc: str, progress: bool
+                    ) -> tuple[np.ndarray, list[int], list[str]]:
+    """Load each record with `load` in chunks, skipping (and naming) unreadable ones, and
+    embed the rest with `embed`: (embeddings, indices kept, "path: reason" of the rest)."""
+    embs, kept, skipped = [], [], []
+    chunks = _chunks(len(records))
+    for chunk in _progress(chunks, len(chunks), desc, progress):
+        items = []
+        for i in chunk:
+            try:
+                items.append(load(records[i].path))
+                kept.append(i)
+            except InputError as exc:
+                skipped.append(str(exc))
+        if items:
+            embs.append(embed(items))
+    emb = np.concatenate(embs) if embs else np.zeros((0, backend.embed_dim), np.float32)
+    return emb, kept, skipped
+
+
 def embed_clips(backend: EmbeddingBackend, records: Sequence, clip_seconds: float, sample_rate: int = 44100,
                 progress: bool = False) -> tuple[np.ndarray, list[int], list[str]]:
     """(embeddings of readable clips, their indices into records, "path: reason" of the rest)."""
@@ -232,38 +252,15 @@ def embed_clips(backend: EmbeddingBackend, records: Sequence, clip_seconds: floa
     from training.data.augment import PadOrCrop, clip_length
 
     fit = PadOrCrop(clip_length(sample_rate, clip_seconds), train=False)
-    embs, kept, skipped = [], [], []
-    for chunk in _progress(_chunks(len(records)), len(_chunks(len(records))), "clips", progress):
-        waves = []
-        for i in chunk:
-            try:
-                waves.append(fit(load_clip_audio(records[i].path, sample_rate)))
-                kept.append(i)
-            except InputError as exc:
-                skipped.append(str(exc))
-        if waves:
-            embs.append(backend.embed_audio(waves))
-    emb = np.concatenate(embs) if embs else np.zeros((0, backend.embed_dim), np.float32)
-    return emb, kept, skipped
+    return _embed_readable(backend, records, lambda p: fit(load_clip_audio(p, sample_rate)), backend.embed_audio,
+                           "clips", progress)
 
 
 def embed_pages(backend: EmbeddingBackend, records: Sequence, progress: bool = False
                 ) -> tuple[np.ndarray, list[int], list[str]]:
     from training.data.manga109 import load_page_image
 
-    embs, kept, skipped = [], [], []
-    for chunk in _progress(_chunks(len(records)), len(_chunks(len(records))), "pages", progress):
-        imgs = []
-        for i in chunk:
-            try:
-                imgs.append(load_page_image(records[i].path))
-                kept.append(i)
-            except InputError as exc:
-                skipped.append(str(exc))
-        if imgs:
-            embs.append(backend.embed_images(imgs))
-    emb = np.concatenate(embs) if embs else np.zeros((0, backend.embed_dim), np.float32)
-    return emb, kept, skipped
+    return _embed_readable(backend, records, load_page_image, backend.embed_images, "pages", progress)
 
 
 def _clip_labels(record) -> tuple[int, ...]:
