@@ -5,8 +5,9 @@ Each tower is wrapped so the graph takes exactly what the runtime feeds it:
 - image: ``pixels`` float32 [batch, 3, S, S] (normalised) -> ``embedding`` [batch, D]
 - text:  ``tokens`` int64 [batch, 77]                    -> ``embedding`` [batch, D]
 - audio: ``waveform`` float32 [batch, samples] in [-1, 1] -> ``embedding`` [batch, D];
-  the graph multiplies by 32768 itself (``AudioPreprocess.int16_scale``), and the FBSP
-  filterbank weights and the window are constants inside it.
+  the graph multiplies by 32768 itself (``AudioPreprocess.int16_scale``); the window is a
+  constant inside it, and the FBSP filterbank is computed in it from its parameters (or,
+  with ``fbsp="constant"``, stored as a constant; see ``FBSP_MODES``).
 
 Outputs are not normalised. Export tries the dynamo exporter first (``dynamo=True`` with
 ``dynamic_shapes``) and falls back to the TorchScript exporter; whichever produced it, the
@@ -32,6 +33,7 @@ from torch import nn
 
 from runtime.manifest import TensorSpec
 from training.model import AudioCLIP
+from training.model.fbsp import fbsp_grid, fbsp_weights
 
 from .parity import INPUT_NAMES, OUTPUT_NAME, cosines
 
@@ -43,6 +45,11 @@ OPSET = 18
 # Largest audio length the exported program is declared for (torch.export needs a bound);
 # the ONNX graph itself computes every size from the input, so this is only the guard range.
 MAX_SAMPLES = 44100 * 600
+# How the audio graph gets its FBSP filterbank: "computed" from the 3 x 1025 learned
+# parameters by ops in the graph (ONNX Runtime folds them into a constant when the session
+# loads, so a call costs the same), or "constant": the 2 x 1025 x 2048 computed weights
+# stored in the file (17 MB of fp32, which int8 does not shrink: the front end stays fp32).
+FBSP_MODES = ("computed", "constant")
 
 log = logging.getLogger("manga_music.export")
 
@@ -134,16 +141,37 @@ class _ConstFBSP(nn.Module):
         return self.re, self.im
 
 
-def _export_audio_tower(audio: nn.Module) -> nn.Module:
+class _GraphFBSP(nn.Module):
+    """Stands in for ``LinearFBSP``: the graph computes the weights from the same three
+    parameter vectors, with the time grid stored as a constant (see ``fbsp_grid``)."""
+
+    def __init__(self, fbsp: nn.Module, n_fft: int):
+        super().__init__()
+        self.fbsp = fbsp
+        with torch.no_grad():
+            self.register_buffer("t", fbsp_grid(n_fft, fbsp.m.dtype, fbsp.m.device))
+
+    def weights(self, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.fbsp
+        return fbsp_weights(f.m, f.fb, f.fc, self.t, f.eps)
+
+
+def _export_audio_tower(audio: nn.Module, fbsp: str = "computed") -> nn.Module:
     """A shallow copy of the audio tower for export: same parameters (no copy of the
-    weights, and the caller's model is not modified), with the FBSP weights frozen into
-    constants and the gates' pooling made exportable. Its ``spectrogram`` and ``forward``
-    are the model's own code, so the op order of the front end is the reference's."""
+    weights, and the caller's model is not modified), with the FBSP weights either computed
+    in the graph (``fbsp="computed"``) or frozen into constants (``"constant"``), and the
+    gates' pooling made exportable. Its ``spectrogram`` and ``forward`` are the model's own
+    code, so the op order of the front end is the reference's."""
+    if fbsp not in FBSP_MODES:
+        raise ValueError(f"fbsp must be one of {FBSP_MODES}, not {fbsp!r}")
     tower = copy.copy(audio)
     tower._modules = OrderedDict(audio._modules)
-    with torch.no_grad():
-        re, im = audio.fbsp.weights(audio.cfg.n_fft)
-    tower._modules["fbsp"] = _ConstFBSP(re.detach().clone(), im.detach().clone())
+    if fbsp == "constant":
+        with torch.no_grad():
+            re, im = audio.fbsp.weights(audio.cfg.n_fft)
+        tower._modules["fbsp"] = _ConstFBSP(re.detach().clone(), im.detach().clone())
+    else:
+        tower._modules["fbsp"] = _GraphFBSP(audio.fbsp, audio.cfg.n_fft)
     for i in range(1, 5):
         stride = _stage_stride(getattr(audio, f"layer{i}"))
         tower._modules[f"att{i}"] = _ExportGate(getattr(audio, f"att{i}"), stride)
@@ -178,18 +206,19 @@ class TextGraph(nn.Module):
 class AudioGraph(nn.Module):
     """[-1, 1] waveform in; the int16 scaling, framing, window and FBSP are in the graph."""
 
-    def __init__(self, model: AudioCLIP):
+    def __init__(self, model: AudioCLIP, fbsp: str = "computed"):
         super().__init__()
-        self.audio = _export_audio_tower(model.audio)
+        self.audio = _export_audio_tower(model.audio, fbsp)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         return self.audio(waveform * INT16_SCALE)
 
 
-def graph_module(model: AudioCLIP, modality: str) -> nn.Module:
+def graph_module(model: AudioCLIP, modality: str, fbsp: str = "computed") -> nn.Module:
     """The nn.Module whose forward is exactly the exported graph (for tests and export)."""
-    cls = {"image": ImageGraph, "text": TextGraph, "audio": AudioGraph}[modality]
-    return cls(model).eval()
+    if modality == "audio":
+        return AudioGraph(model, fbsp).eval()
+    return {"image": ImageGraph, "text": TextGraph}[modality](model).eval()
 
 
 def reference_forward(model: AudioCLIP, modality: str, x: np.ndarray) -> np.ndarray:
@@ -379,18 +408,19 @@ def verify_graph(model: AudioCLIP, modality: str, proto_or_path, min_cos: float 
 
 
 def export_encoder(model: AudioCLIP, modality: str, path: str | Path, exporter: str = "auto",
-                   verify_cos: float = 0.999) -> ExportedGraph:
+                   verify_cos: float = 0.999, fbsp: str = "computed") -> ExportedGraph:
     """Export one tower to ``path`` (a single .onnx file, weights inside) and check it.
 
     ``exporter``: "auto" (dynamo, then TorchScript on failure), "dynamo" or "torchscript".
     ``verify_cos`` is the sanity bound of the export's own verification (the parity report
-    with its real targets comes later, on a held-out set).
+    with its real targets comes later, on a held-out set). ``fbsp`` (audio only): see
+    ``FBSP_MODES``.
     """
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}")
     path = Path(path)
     model = model.eval()
-    module = graph_module(model, modality)
+    module = graph_module(model, modality, fbsp)
     x = torch.from_numpy(example_input(model, modality, batch=2, seconds=2.0))
     inputs, outputs = io_specs(model, modality)
     order = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}[exporter]
@@ -417,4 +447,4 @@ def export_encoder(model: AudioCLIP, modality: str, path: str | Path, exporter: 
 
 __all__ = ["ExportError", "ExportedGraph", "export_encoder", "graph_module", "reference_forward", "io_specs",
            "example_input", "check_graph", "tidy", "verify_graph", "cosines", "adaptive_max_pool2d_export",
-           "MODALITIES", "INPUT_NAMES", "OUTPUT_NAME", "INT16_SCALE"]
+           "MODALITIES", "INPUT_NAMES", "OUTPUT_NAME", "INT16_SCALE", "FBSP_MODES"]

@@ -230,23 +230,46 @@ def _quiet_tools():
 
 
 # -- preprocessing ----------------------------------------------------------------------------
-def prepare(fp32_path: Path, out_path: Path) -> tuple[onnx.ModelProto, list[str]]:
+def prepare(fp32_path: Path, out_path: Path, fold_constants: bool = True) -> tuple[onnx.ModelProto, list[str]]:
     """ORT's recommended pre-quantisation pass (BatchNorm folded into Conv, constant folding,
-    shape inference), then node names. Returns the model and notes."""
+    shape inference), then node names. Returns the model and notes.
+
+    ``fold_constants=False`` keeps subgraphs that depend only on constants as they are: the
+    audio graph computes its FBSP filterbank from 3 x 1025 parameters, and folding would
+    store the 2 x 1025 x 2048 result in the file instead (the session folds it at load
+    time anyway). The other basic fusions (Conv + BatchNorm/Mul/Add) still run.
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     notes = []
-    with _quiet_tools():
+    src = Path(fp32_path)
+    with _quiet_tools(), tempfile.TemporaryDirectory(prefix="prep-", dir=Path(out_path).parent) as tmp:
+        if not fold_constants:
+            src = _optimise_without_folding(src, Path(tmp) / src.name)
+        skip = dict(skip_optimization=not fold_constants)
         try:
-            quant_pre_process(str(fp32_path), str(out_path))
+            quant_pre_process(str(src), str(out_path), **skip)
         except Exception as exc:  # noqa: BLE001 - symbolic shape inference can fail on dynamic graphs
             # Harmless: ONNX's own shape inference still runs; only ORT's symbolic pass is skipped.
             log.info("symbolic shape inference skipped for %s (%s)", Path(fp32_path).name, type(exc).__name__)
-            quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+            quant_pre_process(str(src), str(out_path), skip_symbolic_shape=True, **skip)
     model = onnx.load(str(out_path))
     _name_nodes(model)
     onnx.save_model(model, str(out_path))
     return model, notes
+
+
+def _optimise_without_folding(src: Path, dst: Path) -> Path:
+    """The optimisation step of ``quant_pre_process`` (ORT basic level, saved to a file),
+    with ORT's ConstantFolding transformer switched off."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(dst)
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"], disabled_optimizers=["ConstantFolding"])
+    return dst
 
 
 # -- the two tools ----------------------------------------------------------------------------
@@ -360,7 +383,8 @@ def quantize_encoder(fp32_path: str | Path, out_path: str | Path, modality: str,
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         pre = workdir / f"{modality}_pre.onnx"
-        model, pre_notes = prepare(fp32_path, pre)
+        # audio: keep the FBSP filterbank computed (see prepare)
+        model, pre_notes = prepare(fp32_path, pre, fold_constants=modality != "audio")
         notes += pre_notes
         exclude = frontend_nodes(model) if modality == "audio" else []
         if choice.keep_first_conv:

@@ -52,11 +52,20 @@ def _pct(dist, n: int | None = None) -> str:
     return ", ".join(f"{name} {p * 100:.1f}%" for name, p in dist[:n])
 
 
+def _shown(path) -> str:
+    """A path as the text output shows it: relative to the working directory when it is
+    under it (shorter, and what the user typed), else as stored. --json keeps it as stored."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _print_tracks(tracks) -> None:
     if not tracks:
         print("  no tracks in the library")
     for i, t in enumerate(tracks, 1):
-        print(f"  {i:>3}. {t.score:+.3f}  from {mmss(t.best_start_seconds)}  [{t.top_mood}]  {t.path}")
+        print(f"  {i:>3}. {t.score:+.3f}  from {mmss(t.best_start_seconds)}  [{t.top_mood}]  {_shown(t.path)}")
 
 
 def _print(result) -> None:
@@ -73,7 +82,7 @@ def _print(result) -> None:
         print(f"track: {result.source}")
         print(f"  moods:  {_pct(result.moods)}")
         for i, pg in enumerate(result.pages, 1):
-            print(f"  {i:>3}. {pg.score:+.3f}  [{pg.top_genre} / {pg.top_mood}]  {pg.path}")
+            print(f"  {i:>3}. {pg.score:+.3f}  [{pg.top_genre} / {pg.top_mood}]  {_shown(pg.path)}")
     print()
 
 

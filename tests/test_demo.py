@@ -1,8 +1,8 @@
-"""The shipped demo: it is what it says, re-indexing reproduces it, and its recipe runs.
+"""The shipped demo: it is what it says, re-indexing reproduces it, and its recipe rebuilds it.
 
-The full rebuild (`python -m training.demo`) takes minutes; here its `--quick` form runs the
-same pipeline end to end on less data, and the determinism of the training pieces is
-checked directly.
+The full rebuild (`python -m training.demo`, about 3 minutes on 2 cores) runs once, into a
+temporary folder, and is compared with what ships; the `--quick` form checks the pipeline
+on less data, and the determinism of the training pieces is checked directly.
 """
 from __future__ import annotations
 
@@ -27,8 +27,6 @@ def test_shipped_bundle_is_a_labelled_int8_demo():
     assert all(p.passed for p in m.parity), m.parity
 
 
-@pytest.mark.xfail(strict=True, reason="known miss: the audio graph carries the FBSP filterbank as a 17 MB "
-                                       "fp32 constant, so the bundle is ~22 MB, not a few MB")
 def test_shipped_bundle_is_a_few_megabytes():
     size = sum(p.stat().st_size for p in (DEFAULTS / "bundle").iterdir())
     print(f"\ndemo bundle: {size / 2**20:.1f} MiB")
@@ -48,7 +46,6 @@ def test_shipped_model_is_well_above_chance():
     assert acc["pages_to_genre"] >= 4 / 12 and acc["clips_to_mood"] >= 4 / 7
 
 
-@pytest.mark.xfail(strict=True, reason="known miss: clips -> mood is 0.75 held out, under the 0.8 aim")
 def test_shipped_model_reaches_the_80_percent_aim():
     acc = _accuracy()
     assert acc["pages_to_genre"] >= 0.8 and acc["clips_to_mood"] >= 0.8
@@ -98,3 +95,45 @@ def test_quick_recipe_builds_a_working_bundle_and_library(tmp_path):
     result = r.query(page, top_k=3)
     assert len(result.tracks) == 3 and len(result.moods) == 7
     assert set(report) >= {"torch_accuracy", "bundle_accuracy", "counts"}
+
+
+@pytest.mark.slow
+def test_the_recipe_rebuilds_the_shipped_demo(tmp_path):
+    """`python -m training.demo` from scratch gives the shipped model: the same held-out
+    accuracy (which meets the aim), the same page embeddings and the same library.
+
+    On this project's machine the rebuild is bit-for-bit in every number below. Another CPU
+    may round a few float sums differently over 20 epochs, so the checks allow a small drift
+    rather than demand equality; the printed numbers show how much there was.
+    """
+    pytest.importorskip("torch")
+    import subprocess
+    import sys
+
+    from runtime.encoders import Encoders
+    from runtime.library import open_library
+
+    out = tmp_path / "demo"
+    run = subprocess.run([sys.executable, "-m", "training.demo", "--out", str(out)], cwd=REPO,
+                         capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-2000:]
+    shipped = json.loads((DEFAULTS / "demo_report.json").read_text())
+    rebuilt = json.loads((out / "demo_report.json").read_text())
+    print(f"\nrebuilt in {rebuilt['seconds']} s; int8 held-out accuracy rebuilt {rebuilt['bundle_accuracy']}, "
+          f"shipped {shipped['bundle_accuracy']}")
+    for task in ("pages_to_genre", "clips_to_mood"):
+        assert rebuilt["bundle_accuracy"][task] >= 0.8
+        assert abs(rebuilt["bundle_accuracy"][task] - shipped["bundle_accuracy"][task]) <= 0.05, task
+
+    pages = sorted((DEFAULTS / "pages").glob("*.jpg"))
+    emb = {name: Encoders(root / "bundle", device="cpu", precision="int8", threads=2).embed_images(pages)
+           for name, root in (("shipped", DEFAULTS), ("rebuilt", out))}
+    page_cos = (emb["shipped"] * emb["rebuilt"]).sum(1) / (
+        np.linalg.norm(emb["shipped"], axis=1) * np.linalg.norm(emb["rebuilt"], axis=1))
+    a = {t.relpath: t for t in open_library(DEFAULTS / "library").all_tracks()}
+    b = {t.relpath: t for t in open_library(out / "library").all_tracks()}
+    same_mood = sum(a[k].top_mood == b[k].top_mood for k in a)
+    print(f"page embeddings: worst cosine shipped vs rebuilt {page_cos.min():.6f}; "
+          f"tracks with the same top mood {same_mood}/{len(a)}")
+    assert page_cos.min() > 0.95
+    assert a.keys() == b.keys() and same_mood >= len(a) - 1

@@ -24,8 +24,8 @@ ort = pytest.importorskip("onnxruntime")
 from export import BundleWriteError, ParityTargetError, ParityWarning, build_bundle  # noqa: E402
 from export import bundle_writer, parity  # noqa: E402
 from export.calibration import folder_set, parity_set, synthetic_clip, synthetic_page  # noqa: E402
-from export.onnx_graphs import (adaptive_max_pool2d_export, cosines, example_input, graph_module,  # noqa: E402
-                                reference_forward)
+from export.onnx_graphs import (adaptive_max_pool2d_export, cosines, example_input, export_encoder,  # noqa: E402
+                                graph_module, reference_forward)
 from export.parity import TARGETS, Target  # noqa: E402
 from export.quantize import frontend_nodes  # noqa: E402
 from runtime.errors import InputError  # noqa: E402
@@ -204,23 +204,45 @@ def test_audio_front_end_stays_fp32(built):
         assert {"MatMul", "Log"} <= ops, ops
         assert not ops & {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger"}
         inits = {t.name: t for t in model.graph.initializer}
-        fbsp = [i for n in nodes if n.op_type == "MatMul" for i in n.input if i in inits]
-        assert len(fbsp) == 2  # the re and im filterbanks, constants inside the graph
-        for name in fbsp:
-            assert inits[name].data_type == onnx.TensorProto.FLOAT
-            assert tuple(inits[name].dims) == (2048, 1025)
+        # The filterbank is computed in the graph from its parameters (the time grid, the
+        # window and 1025-long parameter columns are the largest constants), all in fp32.
+        assert {"Cos", "Sin", "Pow"} <= ops, ops
+        matmul_weights = [n.input[1] for n in nodes if n.op_type == "MatMul"]
+        assert len(matmul_weights) == 2 and not set(matmul_weights) & inits.keys()
+        front_inits = {i for n in nodes for i in n.input if i in inits}
+        assert max(int(np.prod(inits[i].dims)) for i in front_inits) <= 2048
+        assert all(inits[i].data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT64) for i in front_inits)
+
+
+def test_computed_and_stored_filterbanks_agree(built, tmp_path):
+    """fbsp="computed" (the default) and "constant" graphs give the same embeddings; the
+    computed one is the smaller file by the 2 x 1025 x 2048 floats it does not store."""
+    _, _, _, model = built
+    x = example_input(model, "audio", 3, 2.1, seed=5)
+    got, sizes = {}, {}
+    for mode in ("computed", "constant"):
+        path = tmp_path / f"audio_{mode}.onnx"
+        export_encoder(model, "audio", path, fbsp=mode)
+        got[mode] = _session(path).run(None, {"waveform": x})[0]
+        sizes[mode] = path.stat().st_size
+    cos = cosines(got["computed"], got["constant"])
+    print(f"\ncomputed vs stored filterbank: worst cosine {cos.min():.8f}, sizes {sizes}")
+    assert cos.min() > 0.99999
+    assert sizes["constant"] - sizes["computed"] > 2 * 1025 * 2048 * 4 * 0.95
 
 
 def test_export_wrappers_compute_the_model(built):
-    """The export-only replacements (frozen FBSP weights, gather-based adaptive max pool)
-    give the unmodified model's numbers in eager PyTorch."""
+    """The export-only replacements (the FBSP weights computed from a stored time grid, or
+    frozen; the gather-based adaptive max pool) give the unmodified model's numbers in
+    eager PyTorch."""
     _, _, _, model = built
-    g = graph_module(model, "audio")
-    for seconds in (0.5, 3.3):
-        x = example_input(model, "audio", 2, seconds, seed=4)
-        with torch.no_grad():
-            ours = g(torch.from_numpy(x)).numpy()
-        np.testing.assert_allclose(ours, reference_forward(model, "audio", x), rtol=1e-5, atol=1e-5)
+    for fbsp in ("computed", "constant"):
+        g = graph_module(model, "audio", fbsp)
+        for seconds in (0.5, 3.3):
+            x = example_input(model, "audio", 2, seconds, seed=4)
+            with torch.no_grad():
+                ours = g(torch.from_numpy(x)).numpy()
+            np.testing.assert_allclose(ours, reference_forward(model, "audio", x), rtol=1e-5, atol=1e-5)
 
 
 def test_adaptive_max_pool_matches_torch_for_every_size():

@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, Dataset
 from runtime.errors import InputError, MangaMusicError
 from runtime.labels import GENRE_LABELS, GENRES, MOOD_LABELS, MOODS
 from runtime.manifest import ImagePreprocess
+from training.batchnorm import precise_batchnorm
 from training.checkpoints import CheckpointError, atomic_torch_save, load_model, save_checkpoint
 from training.config import (
     ConfigError,
@@ -476,34 +477,16 @@ def train_step(model: AudioCLIP, cfg: TrainConfig, optimizer: torch.optim.Optimi
 @torch.no_grad()
 def recalibrate_batchnorm(model: AudioCLIP, stage: str, batches: Iterable[Batch], device: torch.device,
                           dtype: Optional[torch.dtype]) -> int:
-    """Recompute the trained tower's BatchNorm running mean/var as plain averages over `batches`.
-
-    ("Precise BN".) Only BatchNorm buffers change; returns the number of batches used.
-    """
+    """Precise BN (`training.batchnorm`) for the stage's tower over `batches`; returns the
+    number of batches used."""
     tower = model.audio if stage == "audio" else model.visual
     encode = model.encode_audio if stage == "audio" else model.encode_image
-    bns = [m for m in tower.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return 0
-    saved = [m.momentum for m in bns]
-    was_training = tower.training
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: every batch counts equally
-    tower.train()
-    used = 0
-    try:
-        for batch in batches:
-            if len(batch.index) < 2:
-                continue
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                encode(batch.x.to(device))
-            used += 1
-    finally:
-        for m, mom in zip(bns, saved):
-            m.momentum = mom
-        tower.train(was_training)
-    return used
+
+    def forward(batch: Batch) -> None:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            encode(batch.x.to(device))
+
+    return precise_batchnorm(tower, batches, forward, size=lambda batch: len(batch.index))
 
 
 @torch.no_grad()
