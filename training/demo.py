@@ -222,7 +222,7 @@ def train_tower(encode, params, data, texts: torch.Tensor, scale: float, cfg: De
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         losses.append(total / len(y_all))
         _say(f"{tag} epoch {epoch + 1}/{epochs}: loss {losses[-1]:.3f}")
     if module is not None:
