@@ -360,8 +360,13 @@ IR_VERSION = 9
 
 
 def tidy(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop opset imports no node uses (ORT's quantiser adds half a dozen) and pin the IR
-    version to what the runtime's oldest supported onnxruntime reads."""
+    """Drop opset imports no node uses (ORT's quantiser adds half a dozen), pin the IR
+    version to what the runtime's oldest supported onnxruntime reads, and drop the
+    per-node metadata the dynamo exporter writes: Python stack traces with the exporting
+    machine's file paths and object addresses, which leak local paths into a bundle, make
+    two exports of the same weights differ byte for byte, and fill ~20 % of a small graph."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
     used = {n.domain or "" for n in proto.graph.node}
     keep = [o for o in proto.opset_import if (o.domain or "") in used or (o.domain or "") == ""]
     del proto.opset_import[:]

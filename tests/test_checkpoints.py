@@ -110,3 +110,13 @@ def test_save_roundtrip_keeps_config_and_is_atomic(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # no temp file left behind
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[k], v), k
+
+
+def test_saving_the_same_model_twice_gives_the_same_bytes(tmp_path):
+    """A checkpoint's bytes depend on its contents only (not on its or a temp file's name),
+    so a rebuilt model's sha256 in a bundle manifest changes only when the model does."""
+    torch.manual_seed(0)
+    model = AudioCLIP(AudioCLIPConfig.tiny())
+    a = save_checkpoint(tmp_path / "one.pt", model, {"name": "x"}).read_bytes()
+    b = save_checkpoint(tmp_path / "sub" / "two.pt", model, {"name": "x"}).read_bytes()
+    assert a == b

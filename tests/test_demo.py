@@ -125,6 +125,10 @@ def test_the_recipe_rebuilds_the_shipped_demo(tmp_path):
         assert rebuilt["bundle_accuracy"][task] >= 0.8
         assert abs(rebuilt["bundle_accuracy"][task] - shipped["bundle_accuracy"][task]) <= 0.05, task
 
+    same_bytes = [f.name for f in sorted((DEFAULTS / "bundle").iterdir())
+                  if (out / "bundle" / f.name).read_bytes() == f.read_bytes()]
+    print(f"bundle files identical byte for byte: {len(same_bytes)}/{len(list((DEFAULTS / 'bundle').iterdir()))}")
+
     pages = sorted((DEFAULTS / "pages").glob("*.jpg"))
     emb = {name: Encoders(root / "bundle", device="cpu", precision="int8", threads=2).embed_images(pages)
            for name, root in (("shipped", DEFAULTS), ("rebuilt", out))}

@@ -202,7 +202,10 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        # Through a file object, not the name: torch.save names the zip's root folder after
+        # a file name (here a random temporary one), so equal contents would differ in bytes.
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
