@@ -234,6 +234,43 @@ def test_computed_and_stored_filterbanks_agree(built, tmp_path):
     assert sizes["constant"] - sizes["computed"] > 2 * 1025 * 2048 * 4 * 0.95
 
 
+def test_onnx_runtime_computes_the_filterbank_as_pytorch_does(tmp_path):
+    """The filterbank ops, exported alone and run in ONNX Runtime, give PyTorch's filters for
+    trained-looking parameters (m > 0, so some sinc lobes are negative and get phase pi; fb
+    and fc off their DFT values). Both ways of spelling it in ONNX that this replaced failed
+    here: a Range for the time grid (~2e-4 relative) and the exporter's Atan2 (sign flips)."""
+    from training.model.fbsp import fbsp_grid, fbsp_weights
+
+    g = torch.Generator().manual_seed(3)
+    m = torch.rand(1025, generator=g) * 2
+    fb = 0.5 + torch.rand(1025, generator=g)
+    fc = torch.arange(1025, dtype=torch.float32) + torch.randn(1025, generator=g)
+
+    class Filters(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for name, v in (("m", m), ("fb", fb), ("fc", fc), ("t", fbsp_grid(2048))):
+                self.register_buffer(name, v)
+
+        def forward(self, gain):
+            re, im = fbsp_weights(self.m, self.fb, self.fc, self.t)
+            return re * gain, im * gain
+
+    path = tmp_path / "filters.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Filters(), (torch.ones(1),), str(path), dynamo=True, input_names=["gain"],
+                          opset_version=18, verbose=False)
+    got = _session(path).run(None, {"gain": np.ones(1, np.float32)})
+    with torch.no_grad():
+        want = fbsp_weights(m, fb, fc, fbsp_grid(2048))
+    for a, b in zip(got, want):
+        b = b.numpy()
+        rel = np.abs(a - b).max() / np.abs(b).max()
+        print(f"\nfilterbank in ONNX Runtime vs PyTorch: max error {rel:.2e} of the largest weight")
+        assert rel < 1e-5
+
+
 def test_export_wrappers_compute_the_model(built):
     """The export-only replacements (the FBSP weights computed from a stored time grid, or
     frozen; the gather-based adaptive max pool) give the unmodified model's numbers in

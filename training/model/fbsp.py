@@ -64,8 +64,9 @@ def fbsp_weights(m: torch.Tensor, fb: torch.Tensor, fc: torch.Tensor, t: torch.T
     arg = fb * t / (m + eps)
     win = torch.where(arg == 0, torch.ones_like(arg), torch.sin(arg) / arg)  # unnormalised sinc
     # A real number raised to a real power, taken as complex: |w|^m with phase m * angle(w).
-    # angle(w) of a real w is pi where w < 0, else 0 (the reference's atan2(0, w), written
-    # with Where because ONNX has no Atan2 and its decomposition mishandles the sign of 0).
+    # angle(w) of a real w is pi where w < 0, else 0: the reference's atan2(0, w), written
+    # with Where because ONNX has no Atan2 and the exporter's decomposition of it gives -pi
+    # there (torch 2.13), which flips the sign of every such filter's imaginary part.
     magnitude_sq = win ** 2
     phase = m * torch.where(win < 0, torch.full_like(win, math.pi), torch.zeros_like(win))
     magnitude = (magnitude_sq ** 0.5) ** 2  # |w|^2 as the reference rounds it
