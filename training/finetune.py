@@ -474,7 +474,6 @@ def train_step(model: AudioCLIP, cfg: TrainConfig, optimizer: torch.optim.Optimi
     return float(loss.detach()), parts
 
 
-@torch.no_grad()
 def recalibrate_batchnorm(model: AudioCLIP, stage: str, batches: Iterable[Batch], device: torch.device,
                           dtype: Optional[torch.dtype]) -> int:
     """Precise BN (`training.batchnorm`) for the stage's tower over `batches`; returns the
