@@ -1,7 +1,8 @@
 """The parity fixture's weight recipe: deterministic weights for any AudioCLIP state-dict layout.
 
-`reference/parity/WEIGHTS.md` defines it: entry i of the layout gets its own generator
-seeded with seed * 100003 + i and a rule chosen by its name and shape. The published
+`reference/parity/WEIGHTS.md` (version 2) defines it: entry i of the layout gets its own
+generator seeded with seed * 100003 + i and a rule chosen by its name and shape, then two
+taming factors for the audio tower. The published
 reference implementation was run on these weights to make `outputs.npz`, so an
 implementation that loads them and reproduces those outputs computes the same function.
 Benchmarks and the full-size export test use the same weights, so they need no download.
@@ -18,6 +19,19 @@ from .model.fbsp import blackman_harris
 
 
 def recipe_tensor(key: str, shape: tuple[int, ...], dtype: str, index: int, seed: int = 1) -> np.ndarray:
+    value = _base_rule(key, shape, dtype, index, seed)
+    # Version 2 of the fixture (rules 13-14) tames the random audio tower: without these
+    # factors its float32 and float64 runs agree only to cosine 0.93-0.97 (chaotic gates),
+    # with them to better than 0.99998, so its parity can be judged at 0.9999.
+    if key.startswith("audio.") and key.endswith("bn3.weight"):
+        value = (value * np.float32(0.2)).astype(np.float32)
+    elif key.startswith("audio.att") and key.endswith("conv_point.weight"):
+        value = (value * np.float32(0.1)).astype(np.float32)
+    return value
+
+
+def _base_rule(key: str, shape: tuple[int, ...], dtype: str, index: int, seed: int) -> np.ndarray:
+    """Rules 1-12 of WEIGHTS.md: the first that matches the entry's dtype, name and shape."""
     if dtype == "int64":
         return np.zeros(shape, dtype=np.int64)
     rng = np.random.default_rng(seed * 100003 + index)
