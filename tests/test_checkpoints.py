@@ -40,6 +40,28 @@ def test_known_harmless_differences_are_accepted(tmp_path, tiny_sd):
     assert torch.allclose(loaded.model.audio.window, AudioCLIP(AudioCLIPConfig.tiny()).audio.window)
 
 
+def test_logit_scales_stored_with_shape_1_load_as_scalars(tmp_path, tiny_sd):
+    """Old checkpoints keep the 0-d logit scales as shape (1,); PyTorch's own
+    load_state_dict accepts that, so the loader does too, and says so."""
+    sd = dict(tiny_sd)
+    scales = [k for k, v in sd.items() if k.startswith("logit_scale")]
+    assert len(scales) == 3 and all(sd[k].dim() == 0 for k in scales)
+    for i, k in enumerate(scales):
+        sd[k] = torch.tensor([1.5 + i])
+    torch.save(sd, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt")
+    state = loaded.model.state_dict()
+    for i, k in enumerate(scales):
+        assert state[k].shape == () and state[k].item() == pytest.approx(1.5 + i)
+    note = next(n for n in loaded.notes if "shape (1,)" in n)
+    assert all(k in note for k in scales)
+    # Only the (1,) form of a scalar is accepted: two elements are still a mismatch.
+    sd[scales[0]] = torch.tensor([1.0, 2.0])
+    torch.save(sd, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"misshapen key\(s\): logit_scale"):
+        load_model(tmp_path / "bad.pt")
+
+
 @pytest.mark.parametrize("damage,needle", [
     ("missing", "missing key(s): visual.conv1.weight"),
     ("extra", "unexpected key(s): visual.extra_head.weight"),

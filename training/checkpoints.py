@@ -101,18 +101,26 @@ def classify(sd: Mapping[str, torch.Tensor]) -> str:
     return "unknown"
 
 
+def _scalar_as_vector(expected: torch.Tensor, got: torch.Tensor) -> bool:
+    """A 1-element tensor of shape (1,) stored for a 0-d parameter (the logit scales):
+    older code and other implementations save scalars that way, and PyTorch's own
+    ``load_state_dict`` accepts it."""
+    return expected.dim() == 0 and tuple(got.shape) == (1,)
+
+
 def check_state_dict(expected: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor]) -> list[str]:
     """Compare `sd` with the `expected` keys and shapes; raise naming any real mismatch.
 
     Returns notes on the harmless differences that were accepted.
     """
     notes = []
+    scalars = [k for k in sd if k in expected and _scalar_as_vector(expected[k], sd[k])]
     missing = [k for k in expected if k not in sd]
     harmless_missing = [k for k in missing if k.endswith(_HARMLESS_SUFFIXES) or k in _RECOMPUTED]
     missing = [k for k in missing if k not in harmless_missing]
     unexpected = [k for k in sd if k not in expected and not k.endswith(_HARMLESS_SUFFIXES)]
     misshapen = [f"{k} (checkpoint {tuple(sd[k].shape)}, model {tuple(expected[k].shape)})"
-                 for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
+                 for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape) and k not in scalars]
     problems = []
     if missing:
         problems.append(f"missing key(s): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
@@ -122,10 +130,18 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], sd: Mapping[str, torc
         problems.append(f"misshapen key(s): {', '.join(misshapen[:3])}{' ...' if len(misshapen) > 3 else ''}")
     if problems:
         raise CheckpointError("checkpoint does not fit the model: " + "; ".join(problems))
+    if scalars:
+        notes.append(f"accepted {', '.join(scalars)} stored with shape (1,) for a scalar; read as the scalar")
     if harmless_missing:
         notes.append(f"accepted {len(harmless_missing)} missing buffer(s) that are recomputed "
                      f"({', '.join(sorted({k.rsplit('.', 1)[-1] for k in harmless_missing}))})")
     return notes
+
+
+def _fit(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A checked checkpoint tensor in the model's dtype (and, for a (1,)-shaped scalar, shape)."""
+    value = value.to(like.dtype)
+    return value.reshape(()) if _scalar_as_vector(like, value) else value
 
 
 def load_into(model: AudioCLIP, sd: Mapping[str, torch.Tensor], *, part: str = "") -> list[str]:
@@ -136,7 +152,7 @@ def load_into(model: AudioCLIP, sd: Mapping[str, torch.Tensor], *, part: str = "
     """
     own = {k: v for k, v in model.state_dict().items() if k.startswith(part)}
     notes = check_state_dict(own, sd)
-    merged = {k: (sd[k].to(v.dtype) if k in sd else v) for k, v in own.items()}
+    merged = {k: (_fit(sd[k], v) if k in sd else v) for k, v in own.items()}
     model.load_state_dict(merged, strict=not part)
     return notes
 
@@ -182,7 +198,7 @@ def _load_clip(model: AudioCLIP, sd: Mapping[str, torch.Tensor]) -> list[str]:
     own = {k: v for k, v in model.state_dict().items()
            if not k.startswith("audio.") and k not in ("logit_scale_ai", "logit_scale_at")}
     notes = check_state_dict(own, sd)
-    model.load_state_dict({k: (sd[k].to(v.dtype) if k in sd else v) for k, v in own.items()}, strict=False)
+    model.load_state_dict({k: (_fit(sd[k], v) if k in sd else v) for k, v in own.items()}, strict=False)
     return notes
 
 
