@@ -20,13 +20,20 @@ what it writes (into BUNDLE, atomically; an existing bundle is kept unless --for
 
 precisions:
   fp32  exact export (target: cosine to PyTorch min >= 0.9999)
-  int8  CPU fast path: static QDQ per-channel (image, audio; calibrated), dynamic (text)
+  int8  CPU fast path: static QDQ per-channel (image, audio; calibrated), dynamic (text);
+        7-bit weights, so the graph computes the same on every CPU (AVX2, AVX-512 VNNI, AMX,
+        ARM); the image tower keeps as many last stages fp32 as its target needs
         (target: mean >= 0.99 and min >= 0.98)
   fp16  GPU (CUDA provider) path; LayerNorm, softmax, reductions, the audio front end stay fp32
         (target: mean >= 0.999)
 
 A missed target is printed as a WARNING and recorded in the manifest; --strict turns it into
-exit code 3 and writes nothing.
+exit code 3 and writes nothing. The manifest also holds a golden input per modality and each
+graph's cosine on it here: the runtime re-runs it the first time a graph is opened on a
+machine (the self-check), so a graph that is wrong on some CPU is caught where it runs.
+
+--calibration DIR: every 4th file (sorted) of each kind is held out from calibration and
+becomes the parity report's input for that encoder, with top-10 retrieval agreement.
 
 exit codes:
   0 bundle written   2 bad input (checkpoint, output folder, arguments): one line on stderr
@@ -157,6 +164,14 @@ def _summary(report, missed: list[str]) -> None:
         par = (f"cosine min {p.min_cosine:.5f} mean {p.mean_cosine:.5f}" + ("" if p.passed else "  MISSED")
                if p else "")
         lines.append(f"  {e.file:18s} {e.bytes / 1e6:8.1f} MB  {par}  [{e.method or 'exact'}]")
+        if e.int8_format is not None:
+            f = e.int8_format
+            lines.append(f"  {'':18s} int8: {f.weight_bits}-bit weights (max |w| {f.max_abs_weight}, pair sums "
+                         f"<= {f.pair_sum_bound}): {'exact on every CPU' if f.saturation_free else 'MAY SATURATE'}"
+                         f"; {f.fp32_nodes} nodes fp32")
+    where = next((p for p in m.parity), None)
+    if where is not None:
+        lines.append(f"  parity measured on {where.cpu} with onnxruntime {where.onnxruntime}")
     for n in report.notes:
         lines.append(f"  note: {n}")
     if missed:

@@ -27,6 +27,9 @@ from runtime.manifest import (PRECISIONS, SCHEMA_VERSION, AudioPreprocess, Encod
                               LabelEmbeddings, LogitScales, Manifest, ModelInfo, ParityEntry, TextPreprocess)
 from runtime.tokenizer import DEFAULT_VOCAB_FILE, default_tokenizer
 
+from .golden import floor_for, golden_cosine
+from .parity import INPUT_NAMES, make_session, measure_session
+
 MANIFEST_NAME = "manifest.json"
 VOCAB_SOURCE = Path(__file__).resolve().parent.parent / "runtime" / "assets" / DEFAULT_VOCAB_FILE
 
@@ -225,8 +228,9 @@ def build_bundle_report(model_or_checkpoint, out_dir: str | os.PathLike, precisi
     """
     import time
 
-    from .calibration import builtin_set, folder_set, parity_set
+    from .calibration import builtin_set, folder_sets, parity_set, with_held_out
     from .fp16 import convert_fp16
+    from .golden import make_goldens
     from .onnx_graphs import MODALITIES, export_encoder
     from .parity import describe, measure, reference_embeddings
     from .quantize import plan_for, quantize_encoder
@@ -263,19 +267,30 @@ def build_bundle_report(model_or_checkpoint, out_dir: str | os.PathLike, precisi
         bar.step("preparing calibration and parity inputs")
         held_out = parity_set(image_cfg, audio_cfg, n=parity_inputs)
         calib = None
-        if "int8" in precisions:
-            builtin = builtin_set(image_cfg, audio_cfg, n_images=calibration_size[0], n_clips=calibration_size[1])
-            calib = folder_set(calibration, image_cfg, audio_cfg, fallback=builtin) if calibration else builtin
+        builtin = (builtin_set(image_cfg, audio_cfg, n_images=calibration_size[0], n_clips=calibration_size[1])
+                   if "int8" in precisions else None)
+        if calibration is not None:
+            # The user's folder is split: one part calibrates, the other is the parity
+            # report's held-out set for the modalities it has (never the generated one).
+            split = folder_sets(calibration, image_cfg, audio_cfg, fallback=builtin)
+            held_out = with_held_out(held_out, split, calibration)
+            calib = split.calibration
             notes.extend(calib.notes)
+            if "int8" not in precisions:
+                notes.append("the calibration part of the folder was not used: it only serves int8")
+        elif builtin is not None:
+            calib = builtin
+        if calib is not None:
             say(f"calibration inputs: {calib.source}")
-        elif calibration is not None:
-            notes.append("the calibration folder was not used: it only serves int8")
+        say(f"parity inputs: {held_out.source}")
+        goldens = {g.modality: g for g in make_goldens(model, image_cfg, audio_cfg, text_cfg)}
         bar.done()
 
         encoders: list[EncoderFile] = []
         parity: list[ParityEntry] = []
         exporters = {}
         fp16_provider = _fp16_provider(parity_provider)
+        embedded: dict[tuple[str, str], np.ndarray] = {}  # (modality, precision|"torch") -> held-out rows
         for modality in MODALITIES:
             bar.step(f"{modality}: exporting fp32 graph")
             fp32_path = staging / f"{modality}.fp32.onnx"
@@ -284,41 +299,51 @@ def build_bundle_report(model_or_checkpoint, out_dir: str | os.PathLike, precisi
             if graph.note:
                 notes.append(f"{modality}: fell back to the {graph.exporter} exporter ({graph.note})")
             reference = reference_embeddings(model, held_out, modality)
+            embedded[(modality, "torch")] = reference
             bar.done()
-            made: dict[str, tuple[Path, str]] = {"fp32": (fp32_path, "")}
-            int8_entry = None
+            made: dict[str, tuple[Path, str, object]] = {"fp32": (fp32_path, "", None)}
             if "int8" in precisions:
                 bar.step(f"{modality}: int8 quantisation")
-                q, int8_entry, tried = _best_int8(fp32_path, staging, modality, calib, plan[modality], held_out,
+                q, _entry, tried = _best_int8(fp32_path, staging, modality, calib, plan[modality], held_out,
                                                   reference, quant_tool, optimum_preset, threads, quantize_encoder,
                                                   measure)
-                made["int8"] = (q.path, q.method)
+                made["int8"] = (q.path, q.method, q.format)
                 notes.extend(f"{modality} int8: {n}" for n in q.notes)
                 if len(tried) > 1:
                     notes.append(f"{modality} int8: tried " + "; ".join(tried) + f"; kept: {q.method}")
+                if q.format is not None and not q.format.saturation_free:
+                    notes.append(f"{modality} int8: weights reach |{q.format.max_abs_weight}|, so u8 x s8 pair sums "
+                                 f"reach {q.format.pair_sum_bound} > 32767: the graph can differ on CPUs without "
+                                 "VNNI (the runtime's self-check will catch it there)")
                 bar.done()
             if "fp16" in precisions:
                 bar.step(f"{modality}: fp16 conversion")
                 path, kept = convert_fp16(fp32_path, staging / f"{modality}.fp16.onnx", modality)
-                made["fp16"] = (path, f"fp16, {kept} nodes kept fp32, float32 IO")
+                made["fp16"] = (path, f"fp16, {kept} nodes kept fp32, float32 IO", None)
                 bar.done()
             bar.step(f"{modality}: parity vs PyTorch")
             for precision in precisions:
-                path, method = made[precision]
+                path, method, fmt = made[precision]
                 providers = fp16_provider if precision == "fp16" else ("CPUExecutionProvider",)
-                entry = (int8_entry if precision == "int8" else
-                         measure(path, modality, precision, held_out, reference, threads=threads, providers=providers))
+                sess = make_session(path, threads, providers)
+                entry, got = measure_session(sess, modality, precision, held_out, reference)
+                embedded[(modality, precision)] = got
+                export_cos = golden_cosine(lambda x, s=sess: s.run(["embedding"], {INPUT_NAMES[modality]: x})[0],
+                                           goldens[modality], image_cfg)
                 parity.append(entry)
-                say(describe(entry) + (f" [{providers[0]}]" if precision == "fp16" else ""))
+                say(describe(entry) + (f" [{providers[0]}]" if precision == "fp16" else "")
+                    + f"; golden input cosine {export_cos:.6f}")
                 if precision == "fp16" and providers[0] == "CPUExecutionProvider":
                     # ORT's CPU provider runs most fp16 ops by casting them up to fp32, so this
                     # parity says little about fp16 arithmetic on CUDA; the manifest says where.
                     method += "; parity measured on CPU (re-measure on CUDA)"
                 encoders.append(EncoderFile(modality, precision, path.name, "", path.stat().st_size,
-                                            graph.inputs, graph.outputs, method))
+                                            graph.inputs, graph.outputs, method, fmt,
+                                            floor_for(precision, export_cos), round(export_cos, 6)))
             bar.done()
             if "fp32" not in precisions:
                 fp32_path.unlink()  # needed as the source of int8/fp16, not asked for
+        parity = _with_retrieval_agreement(parity, embedded, held_out)
         shutil.rmtree(staging / ".work", ignore_errors=True)
 
         bar.step("label embeddings")
@@ -327,8 +352,8 @@ def build_bundle_report(model_or_checkpoint, out_dir: str | os.PathLike, precisi
 
         bar.step("writing manifest")
         shutil.copyfile(VOCAB_SOURCE, staging / text_cfg.vocab_file)
-        encoders = [EncoderFile(e.modality, e.precision, e.file, _sha256(staging / e.file),
-                                (staging / e.file).stat().st_size, e.inputs, e.outputs, e.method) for e in encoders]
+        encoders = [replace(e, sha256=_sha256(staging / e.file), bytes=(staging / e.file).stat().st_size)
+                    for e in encoders]
         scales = {k: float(v.detach()) for k, v in model.logit_scales().items()}
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
@@ -339,7 +364,7 @@ def build_bundle_report(model_or_checkpoint, out_dir: str | os.PathLike, precisi
                                      audio_image=scales["audio_image"]),
             image=image_cfg, audio=audio_cfg, text=text_cfg,
             encoders=tuple(encoders), labels=labels, parity=tuple(parity),
-            vocab_sha256=_sha256(staging / text_cfg.vocab_file),
+            vocab_sha256=_sha256(staging / text_cfg.vocab_file), goldens=tuple(goldens.values()),
         )
         _write_manifest(staging / MANIFEST_NAME, manifest)
         bar.done()
@@ -381,6 +406,39 @@ def _best_int8(fp32_path: Path, staging: Path, modality: str, calib, candidates,
     q, entry = best
     os.replace(q.path, final)
     return replace(q, path=final), entry, tried
+
+
+def _with_retrieval_agreement(parity: list[ParityEntry], embedded: dict, held_out) -> list[ParityEntry]:
+    """Add top-k agreement to each graph's entry when the held-out set is the user's.
+
+    Page -> music is the product, so a page graph is judged by the music it would pick and
+    a music graph by the pages' picks among the clips (the other side embedded by
+    PyTorch, so each number is one graph's doing); with only one of the two from the user,
+    its items' nearest neighbours among themselves.
+    """
+    from .parity import topk_overlap
+
+    user = {m for m in ("image", "audio") if held_out.source_of(m) != "built-in"}
+    out = []
+    for e in parity:
+        if e.modality not in user or (e.modality, e.precision) not in embedded:
+            out.append(e)
+            continue
+        got, ref = embedded[(e.modality, e.precision)], embedded[(e.modality, "torch")]
+        other = "audio" if e.modality == "image" else "image"
+        if other in user:
+            lib_ref = embedded[(other, "torch")]
+            if e.modality == "image":
+                k = min(10, len(lib_ref))
+                value = topk_overlap(got, lib_ref, ref, lib_ref, k)
+            else:
+                k = min(10, len(got))
+                value = topk_overlap(lib_ref, got, lib_ref, ref, k)
+        else:
+            k = min(10, len(got) - 1)
+            value = topk_overlap(got, got, ref, ref, k, same_set=True) if k >= 1 else None
+        out.append(e if value is None else replace(e, topk_overlap=round(value, 4), topk=k))
+    return out
 
 
 def _fp16_provider(choice: str) -> tuple[str, ...]:

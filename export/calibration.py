@@ -68,6 +68,13 @@ class InputSet:
     source: str  # "built-in" or the folder, per modality where they differ
     notes: tuple[str, ...] = ()
 
+    def source_of(self, modality: str) -> str:
+        """Where this set's inputs of one modality come from ("built-in" or "FOLDER (n held out)")."""
+        for part in self.source.split("; "):
+            if part.startswith(f"{modality}: "):
+                return part[len(modality) + 2:]
+        return "built-in"
+
     def count(self, modality: str) -> int:
         return {"image": len(self.images), "text": len(self.tokens), "audio": len(self.audio)}[modality]
 
@@ -276,27 +283,48 @@ def _spread(paths: list[Path], k: int) -> list[Path]:
     return [paths[i] for i in idx]
 
 
-def folder_set(folder: str | Path, image_cfg: ImagePreprocess, audio_cfg: AudioPreprocess,
-               fallback: InputSet | None = None) -> InputSet:
-    """Calibration inputs from a user's folder (searched recursively) through the runtime's
-    preprocessing. A modality the folder lacks comes from ``fallback`` (the built-in set),
-    and the notes say so. Unreadable files are skipped and counted; a folder with nothing
-    usable at all is an ``InputError``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: calibration folder does not exist or is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    img_paths = _spread([p for p in files if p.suffix.lower() in IMAGE_SUFFIXES], MAX_USER_IMAGES)
-    aud_paths = _spread([p for p in files if p.suffix.lower() in AUDIO_SUFFIXES], MAX_USER_CLIPS)
-    notes, skipped = [], []
-    images = []
-    for p in img_paths:
+# Every HELD_OUT_EVERY-th file of a modality (in sorted order) is held out for the parity
+# report, when the folder has at least MIN_SPLIT files of it; fewer all calibrate.
+HELD_OUT_EVERY = 4
+MIN_SPLIT = 8
+MAX_HELD_OUT = 32
+
+
+@dataclass(frozen=True)
+class FolderSets:
+    """A user folder split in two: ``calibration`` (for the activation ranges) and
+    ``held_out`` (for the parity report), per modality; a modality the folder lacks, or
+    has too few files of to split, is None in ``held_out`` (the parity report then uses the
+    generated set for it and says so)."""
+
+    calibration: InputSet
+    held_out_images: np.ndarray | None
+    held_out_audio: tuple[np.ndarray, ...] | None
+    held_out_counts: dict = field(default_factory=dict)  # modality -> files held out
+
+
+def _split(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(calibration, held-out): every HELD_OUT_EVERY-th path is held out; never both."""
+    if len(paths) < MIN_SPLIT:
+        return paths, []
+    held = paths[HELD_OUT_EVERY - 1::HELD_OUT_EVERY]
+    chosen = set(held)
+    return [p for p in paths if p not in chosen], held
+
+
+def _load_images(paths, image_cfg, skipped) -> list[np.ndarray]:
+    out = []
+    for p in paths:
         try:
-            images.append(preprocess_image(p, image_cfg))
+            out.append(preprocess_image(p, image_cfg))
         except MangaMusicError as exc:
             skipped.append(str(exc))
-    clips = []
-    for p in aud_paths:
+    return out
+
+
+def _load_clips(paths, audio_cfg, skipped) -> list[np.ndarray]:
+    out = []
+    for p in paths:
         try:
             wave = load_audio(p, audio_cfg.sample_rate)
         except MangaMusicError as exc:
@@ -304,7 +332,29 @@ def folder_set(folder: str | Path, image_cfg: ImagePreprocess, audio_cfg: AudioP
             continue
         win, _ = windows(wave, audio_cfg)
         # The middle window of a track is the most music-like (intros and fades are quiet).
-        clips.append(win[len(win) // 2])
+        out.append(win[len(win) // 2])
+    return out
+
+
+def folder_sets(folder: str | Path, image_cfg: ImagePreprocess, audio_cfg: AudioPreprocess,
+                fallback: InputSet | None = None) -> FolderSets:
+    """Calibration and held-out parity inputs from a user's folder (searched recursively),
+    through the runtime's preprocessing. The files of each modality are split: every
+    ``HELD_OUT_EVERY``-th (sorted) is held out for parity and never calibrates. A modality
+    the folder lacks calibrates from ``fallback`` (the built-in set), and the notes say so.
+    Unreadable files are skipped and counted; a folder with nothing usable at all is an
+    ``InputError``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: calibration folder does not exist or is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    img_cal, img_held = _split([p for p in files if p.suffix.lower() in IMAGE_SUFFIXES])
+    aud_cal, aud_held = _split([p for p in files if p.suffix.lower() in AUDIO_SUFFIXES])
+    notes, skipped = [], []
+    images = _load_images(_spread(img_cal, MAX_USER_IMAGES), image_cfg, skipped)
+    clips = _load_clips(_spread(aud_cal, MAX_USER_CLIPS), audio_cfg, skipped)
+    held_images = _load_images(_spread(img_held, MAX_HELD_OUT), image_cfg, skipped)
+    held_clips = _load_clips(_spread(aud_held, MAX_HELD_OUT), audio_cfg, skipped)
     if not images and not clips:
         why = f" ({len(skipped)} unreadable, first: {skipped[0]})" if skipped else ""
         raise InputError(f"{folder}: no usable images or audio files for calibration{why}")
@@ -325,4 +375,27 @@ def folder_set(folder: str | Path, image_cfg: ImagePreprocess, audio_cfg: AudioP
     else:
         notes.append(f"calibration: {folder} has no audio; using the built-in clips")
         audio = fallback.audio
-    return InputSet(image_arr, fallback.texts, fallback.tokens, audio, "; ".join(src) or "built-in", tuple(notes))
+    for what, cal, held in (("images", img_cal, held_images), ("audio files", aud_cal, held_clips)):
+        if cal and not held:
+            notes.append(f"parity: {folder} has fewer than {MIN_SPLIT} usable {what} to split; the parity "
+                         f"report measures that encoder on the generated set")
+    calibration = InputSet(image_arr, fallback.texts, fallback.tokens, audio, "; ".join(src) or "built-in",
+                           tuple(notes))
+    return FolderSets(calibration, np.stack(held_images) if held_images else None,
+                      tuple(held_clips) if held_clips else None,
+                      {"image": len(held_images), "audio": len(held_clips)})
+
+
+def folder_set(folder: str | Path, image_cfg: ImagePreprocess, audio_cfg: AudioPreprocess,
+               fallback: InputSet | None = None) -> InputSet:
+    """The calibration part of ``folder_sets`` (what int8 calibration reads)."""
+    return folder_sets(folder, image_cfg, audio_cfg, fallback).calibration
+
+
+def with_held_out(parity: InputSet, sets: FolderSets, folder: str | Path) -> InputSet:
+    """``parity`` (the generated held-out set) with each modality the user's folder has
+    held-out files of replaced by them; ``source`` says which came from where."""
+    images = parity.images if sets.held_out_images is None else sets.held_out_images
+    audio = parity.audio if sets.held_out_audio is None else sets.held_out_audio
+    src = [f"{m}: {folder} ({n} held out)" for m, n in sets.held_out_counts.items() if n]
+    return InputSet(images, parity.texts, parity.tokens, audio, "; ".join(src) or parity.source, parity.notes)

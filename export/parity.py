@@ -100,7 +100,36 @@ def onnx_embeddings(path: str | Path, inputs: InputSet, modality: str, batch_siz
     return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
 
 
-def compare(modality: str, precision: str, got: np.ndarray, ref: np.ndarray) -> ParityEntry:
+def machine(provider: str = "CPUExecutionProvider") -> dict:
+    """Where a parity number is measured: the ParityEntry fields naming CPU and library."""
+    import onnxruntime as ort
+
+    from runtime.cpu import cpu_info
+
+    cpu = cpu_info()
+    return dict(cpu=f"{cpu.model} ({cpu.int8_class})", cpu_features=cpu.features, onnxruntime=ort.__version__,
+                provider=provider)
+
+
+def topk_overlap(query: np.ndarray, library: np.ndarray, query_ref: np.ndarray, library_ref: np.ndarray,
+                 k: int, same_set: bool = False) -> float:
+    """Mean overlap (0-1) of each query's top-k library items ranked with the graph's
+    embeddings and with PyTorch's. ``same_set``: query and library are the same items, so
+    each item's own row is left out of its list."""
+    def ranks(q, lib):
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        lib = lib / np.linalg.norm(lib, axis=1, keepdims=True)
+        s = q.astype(np.float64) @ lib.astype(np.float64).T
+        if same_set:
+            np.fill_diagonal(s, -np.inf)
+        return np.argsort(-s, axis=1, kind="stable")[:, :k]
+
+    a, b = ranks(query, library), ranks(query_ref, library_ref)
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
+
+
+def compare(modality: str, precision: str, got: np.ndarray, ref: np.ndarray,
+            provider: str = "CPUExecutionProvider", inputs: str = "built-in") -> ParityEntry:
     if got.shape != ref.shape:
         raise ValueError(f"{modality}.{precision}: graph output shape {got.shape} != PyTorch {ref.shape}")
     cos = cosines(got, ref)
@@ -111,21 +140,29 @@ def compare(modality: str, precision: str, got: np.ndarray, ref: np.ndarray) -> 
     target = TARGETS[precision]
     passed = bool(finite.all() and target.met(min_cos, mean_cos))
     return ParityEntry(modality, precision, int(len(cos)), round(min_cos, 6), round(mean_cos, 6),
-                       target.describe(), passed)
+                       target.describe(), passed, **machine(provider), inputs=inputs)
 
 
 def measure(path: str | Path, modality: str, precision: str, inputs: InputSet, reference: np.ndarray,
             threads: int | None = 2, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> ParityEntry:
     """Run one graph on the held-out inputs and compare with the PyTorch ``reference``."""
-    sess = make_session(path, threads, providers)
-    got = onnx_embeddings(path, inputs, modality, session=sess)
-    return compare(modality, precision, got, reference)
+    return measure_session(make_session(path, threads, providers), modality, precision, inputs, reference)[0]
+
+
+def measure_session(sess, modality: str, precision: str, inputs: InputSet,
+                    reference: np.ndarray) -> tuple[ParityEntry, np.ndarray]:
+    """``measure`` on an open session; also returns the graph's embeddings of ``inputs``."""
+    got = onnx_embeddings(None, inputs, modality, session=sess)
+    used = sess.get_providers()[0]
+    return compare(modality, precision, got, reference, used, inputs.source_of(modality)), got
 
 
 def describe(entry: ParityEntry) -> str:
     status = "ok" if entry.passed else "MISSED"
     line = (f"{entry.modality:5s} {entry.precision}: cosine min {entry.min_cosine:.6f} mean {entry.mean_cosine:.6f} "
             f"over {entry.n} held-out inputs (target {entry.target}): {status}")
+    if entry.topk_overlap is not None:
+        line += f"; top-{entry.topk} overlap with PyTorch {entry.topk_overlap:.3f}"
     if not entry.passed:
         short = TARGETS[entry.precision].shortfall(entry.min_cosine, entry.mean_cosine)
         line += f" ({short or 'non-finite output'})"

@@ -1,10 +1,24 @@
 """fp32 graph -> int8 graph, per encoder, through optimum's presets or onnxruntime directly.
 
+The number format (every recipe, every tool): uint8 activations x int8 weights, weights
+symmetric and per channel, quantised to 7 bits (ORT's ``reduce_range``: [-64, 64]). That
+is what makes a graph compute the same numbers on every CPU: ONNX Runtime's int8 kernels
+without VNNI (x86 AVX2 / AVX-512 / SSE4.1) add pairs of u8 x s8 products in saturating
+16-bit lanes, and 2 * 255 * 64 = 32640 fits where 2 * 255 * 127 does not; its ARM kernel
+without dot product adds pairs of shifted products the same way (2 * 128 * 64 fits). VNNI,
+AMX, dot-product and i8mm kernels sum in 32 bits and were exact anyway. Measured: with
+8-bit weights the demo bundle's image graph agrees with itself across an AVX-512 VNNI and
+an (emulated) AVX2 CPU only to cosine 0.16-0.99; with 7-bit weights the full-size graph's
+outputs are bit-identical (README, "int8 on every CPU"). ``export.int8_format`` reads the
+bound off the finished graph and the manifest records it.
+
 What each encoder gets (``plan_for``; the parity report is the judge, see README):
 
-- image (CLIP RN50) and audio (ESResNeXt-50): static quantisation, QDQ format, int8
-  per-channel weights, uint8 activations with ranges calibrated on pages / clips (the
-  image tower's last stage and attention pool, and the audio tower's first conv, in fp32);
+- image (CLIP RN50) and audio (ESResNeXt-50): static quantisation, QDQ format, uint8
+  activations with ranges calibrated on pages / clips; the first conv in fp32 (its input,
+  normalised pixels or the dB spectrogram, is the costliest tensor to round), and, for the
+  image tower, as many of its last stages in fp32 as its parity target needs, tried in
+  order from none (``plan_for``);
 - text (CLIP transformer): dynamic quantisation (weights int8 per channel, activations
   quantised on the fly per batch): no calibration set to mismatch, and the transformer's
   activation outliers make static ranges lossy.
@@ -18,7 +32,9 @@ Two tools produce the same kind of graph: Hugging Face optimum's ``ORTQuantizer`
 ``AutoQuantizationConfig`` preset (avx2, avx512, avx512_vnni, arm64), or
 ``onnxruntime.quantization`` called directly with the equivalent settings. optimum is
 used when it imports and a preset is asked for (or ``tool="optimum"``); both run ORT's
-quantiser underneath, so the choice changes who picks the settings, not the numbers.
+quantiser underneath, so the choice changes who picks the settings, not the numbers, and
+the 7-bit weights are kept whatever the preset (a preset for a VNNI CPU would otherwise
+write a graph that is wrong on the others).
 """
 from __future__ import annotations
 
@@ -28,12 +44,15 @@ import logging
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
+from runtime.manifest import Int8Format
+
 from .calibration import InputSet
+from .int8_format import analyse
 
 # Kept free of torch at import time (the CLI's --help and argument errors must be instant);
 # the graph helpers come from .onnx_graphs inside the functions that need them.
@@ -55,9 +74,9 @@ class QuantChoice:
 
     mode: str  # "static" (QDQ, calibrated) | "dynamic"
     per_channel: bool = True
-    # 7-bit weights: avoids the u8*s8 saturation of VPMADDUBSW on AVX2/AVX512 CPUs without
-    # VNNI, at a small accuracy cost. Off by default: a preset can switch it on.
-    reduce_range: bool = False
+    # 7-bit weights: the format that is exact on every CPU (module docstring). Only tests
+    # and measurements of the alternative switch it off.
+    reduce_range: bool = True
     # Op types quantised; () = the tool's default set for the mode.
     op_types: tuple[str, ...] = ()
     # Op types kept fp32 even though quantisable (e.g. the attention-pool MatMuls).
@@ -65,12 +84,17 @@ class QuantChoice:
     # Keep the first Conv of a tower in fp32: for audio its input is the dB spectrogram
     # (about -180 to +100 dB), which uint8 would cut into ~1 dB steps.
     keep_first_conv: bool = False
-    # Keep the last N Convs and every node after them in fp32 (a tower's last stage and its
-    # pooling head), where measurement put most of the int8 error (README).
+    # Keep the last N Convs and every node after them in fp32 (a tower's last stages and
+    # its pooling head), where measurement put most of the int8 error (README).
     keep_tail_convs: int = 0
+    # What those N convs are, in words, for the manifest ("layer4 + attention pool").
+    tail_name: str = ""
     # Activation ranges: "minmax" (the full observed range) or "percentile" (99.999th
     # percentile of a histogram: rare outliers no longer stretch the uint8 grid).
     calibration: str = "minmax"
+    # Integer types of activations and weights: "uint8" or "int8" each.
+    activations: str = "uint8"
+    weights: str = "int8"
 
     def describe(self) -> str:
         parts = [self.mode]
@@ -79,24 +103,41 @@ class QuantChoice:
         if self.keep_first_conv:
             parts.append("first conv fp32")
         if self.keep_tail_convs:
-            parts.append(f"last {self.keep_tail_convs} convs + head fp32")
+            parts.append(f"{self.tail_name or f'last {self.keep_tail_convs} convs'} + head fp32")
+        if not self.reduce_range:
+            parts.append("8-bit weights")
         return ", ".join(parts)
+
+
+def image_tails(layers) -> tuple[tuple[int, str], ...]:
+    """(convs, name) for keeping the image tower's last stages in fp32, smallest first.
+
+    Each ResNet stage of CLIP's RN50 has 3 convs per bottleneck block plus one downsample
+    conv (in its first block). The steps are: nothing, layer4, layer4 and the second half
+    of layer3, layer3 and layer4, layers 2-4.
+    """
+    _l1, l2, l3, l4 = layers
+    stage = lambda n: 3 * n + 1  # noqa: E731
+    steps = [(0, ""), (stage(l4), "layer4")]
+    if l3 // 2:
+        steps.append((stage(l4) + 3 * (l3 // 2), f"layer4 + last {l3 // 2} blocks of layer3"))
+    steps += [(stage(l4) + stage(l3), "layers 3-4"), (stage(l4) + stage(l3) + stage(l2), "layers 2-4")]
+    return tuple(steps)
 
 
 def plan_for(config) -> dict[str, tuple[QuantChoice, ...]]:
     """int8 recipes per encoder, in order of preference (smallest and fastest first).
 
     The export quantises with the first, measures parity, and moves to the next only if a
-    target is missed (keeping the best by min cosine if none meets it). Measured on the
-    full-size parity model (README): static QDQ of the whole image tower reaches cosine
-    mean ~0.987 / min ~0.978 (39 MB, ~2.6x faster than fp32); keeping its last stage and
-    attention pool in fp32 reaches ~0.991 / ~0.98 (128 MB, ~1.5x faster). Text: dynamic,
-    the token-embedding Gather included (255 -> 65 MB, no measurable parity cost). Audio:
+    target is missed (keeping the best by min cosine if none meets it), so the image graph
+    keeps only as many fp32 stages as its parity target needs. Text: dynamic, the
+    token-embedding Gather included (255 -> 65 MB, no measurable parity cost). Audio:
     static with the first conv fp32 (its input is the dB spectrogram).
     """
+    image = tuple(QuantChoice("static", calibration="percentile", keep_first_conv=True, keep_tail_convs=n,
+                              tail_name=name) for n, name in image_tails(config.image.layers))
     return {
-        "image": (QuantChoice("static", calibration="percentile"),
-                  QuantChoice("static", keep_tail_convs=3 * config.image.layers[3] + 1)),
+        "image": image,
         "text": (QuantChoice("dynamic", op_types=("MatMul", "Gather")),),
         "audio": (QuantChoice("static", keep_first_conv=True),),
     }
@@ -110,6 +151,7 @@ class QuantResult:
     method: str  # what the manifest records, e.g. "static-qdq per-channel u8s8 (optimum:avx2)"
     excluded_nodes: int
     notes: tuple[str, ...] = ()
+    format: Int8Format | None = None  # measured from the written graph
 
 
 def optimum_available() -> bool:
@@ -123,8 +165,9 @@ def optimum_available() -> bool:
 def detect_preset() -> str:
     """The optimum preset for the CPU this runs on (x86 flags from /proc/cpuinfo, else arm64).
 
-    A bundle may run on other CPUs; the presets differ only in reduce_range and activation
-    symmetry, and the parity report measures what the chosen one gives.
+    A bundle may run on other CPUs; the export keeps the 7-bit weights whatever the preset,
+    so the presets differ only in activation symmetry, and the parity report measures what
+    the chosen one gives.
     """
     import platform
 
@@ -274,28 +317,37 @@ def _optimise_without_folding(src: Path, dst: Path) -> Path:
 
 # -- the two tools ----------------------------------------------------------------------------
 def _ort_quantize(src: Path, dst: Path, modality: str, choice: QuantChoice, calib: InputSet | None,
-                  exclude: list[str]) -> str:
+                  exclude: list[str], ranges_cache: Path | None = None) -> str:
+    import inspect
+
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
 
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     op_types = list(choice.op_types) or None
     if choice.mode == "dynamic":
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=op_types, per_channel=choice.per_channel,
-                         reduce_range=choice.reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                         reduce_range=choice.reduce_range, weight_type=qtype[choice.weights], nodes_to_exclude=exclude,
                          extra_options={"MatMulConstBOnly": True})
         return "dynamic"
     percentile = choice.calibration == "percentile"
     reader = _Reader(calib, modality, _calib_batch(choice))
+    cache = {}
+    if ranges_cache is not None and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+        # The recipes of one encoder differ only in which nodes stay fp32; the activation
+        # ranges (of every tensor, excluded or not) are the same, so calibrate once.
+        cache["calibration_cache_path"] = str(ranges_cache)
     quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
                     per_channel=choice.per_channel, reduce_range=choice.reduce_range,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                    activation_type=qtype[choice.activations], weight_type=qtype[choice.weights],
+                    nodes_to_exclude=exclude,
                     calibrate_method=CalibrationMethod.Percentile if percentile else CalibrationMethod.MinMax,
                     # No CalibMaxIntermediateOutputs: in onnxruntime 1.32 reaching that count
                     # *discards* the batches collected so far instead of merging their ranges.
                     # Memory is no reason for it either: the MinMax calibrator keeps only a
                     # min and a max per tensor and batch.
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
-                                   **({"CalibPercentile": PERCENTILE} if percentile else {})})
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": choice.weights == "int8",
+                                   **({"CalibPercentile": PERCENTILE} if percentile else {})}, **cache)
     return "static-qdq"
 
 
@@ -314,9 +366,10 @@ def _optimum_quantize(src: Path, dst: Path, modality: str, choice: QuantChoice, 
     static = choice.mode == "static"
     kwargs = dict(is_static=static, per_channel=choice.per_channel, nodes_to_exclude=exclude,
                   operators_to_quantize=list(choice.op_types) or None)
-    if preset in ("avx2", "avx512"):
-        kwargs["reduce_range"] = choice.reduce_range
     config = getattr(AutoQuantizationConfig, preset)(**kwargs)
+    # Every preset gets the 7-bit weights, not only avx2/avx512: a bundle runs on CPUs other
+    # than the one its preset names (module docstring).
+    config.reduce_range = choice.reduce_range
     # ORTQuantizer wants a transformers config beside the model; ours has none and needs none.
     quantizer = ORTQuantizer(src, config=_NoConfig())
     ranges = None
@@ -373,9 +426,6 @@ def quantize_encoder(fp32_path: str | Path, out_path: str | Path, modality: str,
         raise QuantizeError("optimum was asked for but does not import (pip install 'manga-music[optimum]')")
     if use_optimum:
         preset = preset or detect_preset()
-        if preset in ("avx2", "avx512") and choice.mode == "static":
-            # Non-VNNI x86 saturates u8*s8 products; 7-bit weights are the documented fix.
-            choice = replace(choice, reduce_range=True)
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     with contextlib.ExitStack() as stack:
         if workdir is None:
@@ -400,7 +450,8 @@ def quantize_encoder(fp32_path: str | Path, out_path: str | Path, modality: str,
                 if use_optimum:
                     method = _optimum_quantize(pre, tmp_out, modality, choice, calib, exclude, preset, workdir)
                 else:
-                    method = _ort_quantize(pre, tmp_out, modality, choice, calib, exclude)
+                    method = _ort_quantize(pre, tmp_out, modality, choice, calib, exclude,
+                                           workdir / f"{modality}.{choice.calibration}.ranges.json")
         except QuantizeError:
             raise
         except Exception as exc:  # noqa: BLE001 - the tools raise anything from ValueError to ORT errors
@@ -408,23 +459,27 @@ def quantize_encoder(fp32_path: str | Path, out_path: str | Path, modality: str,
             raise QuantizeError(f"quantising the {modality} encoder failed: {type(exc).__name__}: {first}") from None
         q = tidy(onnx.load(str(tmp_out)))
         check_graph(q)
+        facts = analyse(q)
         onnx.save_model(q, str(out_path))
     detail = ["per-channel" if choice.per_channel else "per-tensor"]
     if choice.mode == "static":
         detail += ["u8s8", choice.calibration]
-    if choice.reduce_range:
-        detail.append("reduce-range")
+    detail.append("7-bit weights" if choice.reduce_range else "8-bit weights")
     if choice.keep_first_conv:
         detail.append("first conv fp32")
     if choice.keep_tail_convs:
-        detail.append(f"last {choice.keep_tail_convs} convs + head fp32")
+        detail.append(f"{choice.tail_name or f'last {choice.keep_tail_convs} convs'} + head fp32")
     if modality == "audio":
         detail.append("front end fp32")
     if not use_optimum:
         method += " (onnxruntime)"
+    fmt = Int8Format(activations=facts.activations, weights=facts.weights, weight_bits=7 if choice.reduce_range else 8,
+                     per_channel=choice.per_channel, max_abs_weight=facts.max_abs_weight,
+                     pair_sum_bound=facts.pair_sum_bound, saturation_free=facts.saturation_free,
+                     fp32_nodes=len(exclude), recipe=choice.describe())
     return QuantResult(modality, out_path, "optimum" if use_optimum else "onnxruntime",
-                       f"{method} {' '.join(detail)}", len(exclude), tuple(notes))
+                       f"{method} {' '.join(detail)}", len(exclude), tuple(notes), fmt)
 
 
-__all__ = ["QuantChoice", "QuantResult", "QuantizeError", "plan_for", "PRESETS", "TOOLS", "quantize_encoder",
+__all__ = ["QuantChoice", "QuantResult", "QuantizeError", "plan_for", "image_tails", "PRESETS", "TOOLS", "quantize_encoder",
            "frontend_nodes", "optimum_available", "detect_preset"]

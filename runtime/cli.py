@@ -50,6 +50,14 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("auto", "int8", "fp16", "fp32"), default="auto",
                    help="which encoder graphs to use: 'auto' = int8 on CPU, fp16 on CUDA, falling back "
                         "to what the bundle has (default: auto)")
+    p.add_argument("--no-selfcheck", action="store_true",
+                   help="do not run each graph's golden input the first time it is opened on this machine "
+                        "(the check that catches an int8 graph computing wrong numbers on this CPU; a pass is "
+                        "remembered, so it costs one encoder call per graph and machine). Also: "
+                        "MANGA_MUSIC_SELFCHECK=0")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="where self-check passes are remembered (default: $MANGA_MUSIC_CACHE, else the user "
+                        "cache folder, e.g. ~/.cache/manga-music)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 

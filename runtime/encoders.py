@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .bundle import Bundle, PrecisionChoice, load_bundle
-from .errors import InputError
+from .errors import BundleError, InputError
 from .manifest import EncoderFile
 from .sessions import DeviceChoice, resolve_device
 
@@ -94,16 +94,25 @@ class Encoders:
 
     ``device``: "auto" | "cpu" | "cuda"; ``precision``: "auto" | "int8" | "fp16" | "fp32"
     (resolved per modality, since a bundle may lack e.g. an int8 text graph);
-    ``threads``: intra-op threads per session (None: ORT's default, all cores).
+    ``threads``: intra-op threads per session (None: ORT's default, all cores);
+    ``selfcheck``: run each graph's golden input the first time it is opened on this
+    machine (None: on unless ``MANGA_MUSIC_SELFCHECK=0``; see ``runtime.selfcheck``), with
+    passes remembered under ``cache_dir`` (None: ``$MANGA_MUSIC_CACHE`` or the user cache).
     """
 
     def __init__(self, bundle: Bundle | str | Path | None = None, device: str = "auto",
-                 precision: str = "auto", threads: int | None = None, strict_device: bool = False):
+                 precision: str = "auto", threads: int | None = None, strict_device: bool = False,
+                 selfcheck: bool | None = None, cache_dir: str | Path | None = None):
+        from .selfcheck import selfcheck_enabled
+
         self.bundle = load_bundle(bundle)
         self.device: DeviceChoice = resolve_device(device, strict=strict_device)
         self.requested_precision = precision
         self.threads = threads
         self.strict_device = strict_device
+        self.selfcheck = selfcheck_enabled(selfcheck)
+        self.cache_dir = cache_dir
+        self.selfchecks: dict[str, Any] = {}  # modality -> SelfCheckResult of the graph in use
         self._loaded: dict[str, LoadedEncoder] = {}
         self._tokenizer = None
 
@@ -121,16 +130,40 @@ class Encoders:
         return self.bundle.choose_precision(modality, self.requested_precision, self.device.device)
 
     def encoder(self, modality: str) -> LoadedEncoder:
-        """The session for ``modality``, created (sha256-checked, IO-checked) on first use."""
+        """The session for ``modality``, created (sha256-checked, IO-checked, self-checked)
+        on first use."""
         enc = self._loaded.get(modality)
         if enc is None:
             choice = self.precision(modality)
             if choice.note:
                 log.warning(choice.note)
-            sess, provider, entry = self.bundle.open_session(modality, choice.precision, self.device.device,
-                                                             self.threads, strict=self.strict_device)
-            enc = self._loaded[modality] = LoadedEncoder(modality, entry, provider, sess)
+            enc = self._loaded[modality] = self._open(modality, choice.precision)
         return enc
+
+    def _open(self, modality: str, precision: str) -> LoadedEncoder:
+        sess, provider, entry = self.bundle.open_session(modality, precision, self.device.device, self.threads,
+                                                         strict=self.strict_device)
+        loaded = LoadedEncoder(modality, entry, provider, sess)
+        if not self.selfcheck:
+            return loaded
+        from .cpu import cpu_info
+        from .selfcheck import check_graph
+
+        result = check_graph(loaded.run, self.bundle.manifest, entry, provider, self.cache_dir)
+        if result is None:
+            log.info("%s: the bundle has no golden input for %s (schema %d); not self-checked", entry.file, modality,
+                     self.bundle.manifest.schema_version)
+            return loaded
+        self.selfchecks[modality] = result
+        if result.passed:
+            return loaded
+        why = (f"{entry.file} fails its self-check on this machine: golden-input cosine {result.cosine:.4f} "
+               f"is below its floor {result.floor:.4f} ({cpu_info().model}, {cpu_info().int8_class}, {provider})")
+        if precision != "fp32" and "fp32" in self.bundle.manifest.precisions(modality):
+            log.warning(f"{why}; using the bundle's fp32 {modality} graph instead")
+            return self._open(modality, "fp32")
+        raise BundleError(f"{why}; the bundle has no fp32 {modality} graph to fall back to "
+                          "(re-export it, or skip the check with --no-selfcheck / MANGA_MUSIC_SELFCHECK=0)")
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, self.dim), dtype=np.float32)

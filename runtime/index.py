@@ -54,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .library import build_library
 
     out = Path(args.out) if args.out else Path(args.source) / DEFAULT_OUT_NAME
-    encoders = Encoders(args.bundle, device=args.device, precision=args.precision, threads=args.threads)
+    encoders = Encoders(args.bundle, device=args.device, precision=args.precision, threads=args.threads,
+                        selfcheck=False if args.no_selfcheck else None, cache_dir=args.cache_dir)
     report = build_library(args.source, out, encoders, kind=args.kind, mode=args.mode, rebuild=args.rebuild,
                            progress=False if args.quiet else None)
     for f in report.failures:

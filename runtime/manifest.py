@@ -1,32 +1,122 @@
 """The bundle manifest: the one contract between export (writer) and runtime (reader).
 
 Every concept is a frozen dataclass built from ``manifest.json`` and passed around; nothing
-downstream reads raw dicts. ``Manifest.from_dict`` validates and raises ``ManifestError``
-with a message naming the offending field; ``Manifest.to_dict`` is its exact inverse.
-Language-neutral on purpose: an Android or web app reads the same JSON.
+downstream reads raw dicts. ``Manifest.from_dict`` validates every field it reads (type,
+range, finiteness) and raises ``ManifestError`` naming the field, so a malformed or hostile
+manifest is refused in one line and never reaches a session or a division;
+``Manifest.to_dict`` is its exact inverse. Language-neutral on purpose: an Android or web
+app reads the same JSON (arrays inside it are base64 of zlib-compressed little-endian
+bytes, see ``PackedArray``).
+
+Schema 2 (this writer) adds, per encoder, the int8 format and the self-check floor, per
+modality a golden input with the exporting PyTorch model's embedding of it, and, per
+parity entry, the machine it was measured on. Schema 1 bundles still load; they have no
+golden inputs, so the runtime cannot self-check them and says so.
 """
 from __future__ import annotations
 
+import base64
+import math
+import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 MODALITIES = ("image", "text", "audio")
 PRECISIONS = ("fp32", "int8", "fp16")
+RESIZE_MODES = ("center_crop", "letterbox", "tiles")
+# dtypes a PackedArray may hold: what golden inputs and embeddings need, nothing else.
+PACKED_DTYPES = ("uint8", "int16", "int32", "int64", "float16", "float32")
+TENSOR_DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8", "int8")
+# A packed array larger than this is not "small"; refusing it bounds what a manifest can
+# make the runtime allocate.
+MAX_PACKED_BYTES = 64 << 20
 
 
 class ManifestError(ValueError):
     """The manifest is missing a field, has the wrong type, or uses an unknown schema."""
 
 
-def _req(d: dict, key: str, where: str) -> Any:
-    if not isinstance(d, dict) or key not in d:
-        raise ManifestError(f"manifest: missing field '{where}.{key}'" if where else f"manifest: missing field '{key}'")
+# -- field readers: each names the field it refuses ------------------------------------------
+def _where(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _req(d: Any, key: str, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ManifestError(f"manifest: '{where or 'top level'}' is not an object")
+    if key not in d:
+        raise ManifestError(f"manifest: missing field '{_where(where, key)}'")
     return d[key]
 
 
+def _bad(where: str, key: str, what: str, value: Any) -> ManifestError:
+    shown = repr(value)
+    return ManifestError(f"manifest: field '{_where(where, key)}' must be {what} (got {shown[:60]})")
+
+
+def _int(d: Any, key: str, where: str, lo: int | None = None, hi: int | None = None, default: Any = ...) -> int:
+    v = _req(d, key, where) if default is ... else (d.get(key, default) if isinstance(d, dict) else default)
+    # bool is an int to Python, and "64" is not a number to JSON: refuse both.
+    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f" in [{lo}, {hi}]" if hi is not None else (f" >= {lo}" if lo is not None else "")
+        raise _bad(where, key, f"an integer{rng}", v)
+    return v
+
+
+def _float(d: Any, key: str, where: str, lo: float | None = None, hi: float | None = None,
+           lo_open: bool = False, default: Any = ...) -> float:
+    v = _req(d, key, where) if default is ... else (d.get(key, default) if isinstance(d, dict) else default)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    if ok and lo is not None:
+        ok = float(v) > lo if lo_open else float(v) >= lo
+    if ok and hi is not None:
+        ok = float(v) <= hi
+    if not ok:
+        rng = "" if lo is None else (f" > {lo}" if lo_open else f" >= {lo}")
+        rng += "" if hi is None else f" and <= {hi}"
+        raise _bad(where, key, f"a finite number{rng}", v)
+    return float(v)
+
+
+def _str(d: Any, key: str, where: str, choices: tuple[str, ...] | None = None, default: Any = ...,
+         nonempty: bool = False) -> str:
+    v = _req(d, key, where) if default is ... else (d.get(key, default) if isinstance(d, dict) else default)
+    if not isinstance(v, str) or (choices is not None and v not in choices) or (nonempty and not v):
+        what = f"one of {', '.join(choices)}" if choices else ("a non-empty string" if nonempty else "a string")
+        raise _bad(where, key, what, v)
+    return v
+
+
+def _bool(d: Any, key: str, where: str, default: Any = ...) -> bool:
+    v = _req(d, key, where) if default is ... else (d.get(key, default) if isinstance(d, dict) else default)
+    if not isinstance(v, bool):
+        raise _bad(where, key, "true or false", v)
+    return v
+
+
+def _list(d: Any, key: str, where: str, default: Any = ...) -> list:
+    v = _req(d, key, where) if default is ... else (d.get(key, default) if isinstance(d, dict) else default)
+    if not isinstance(v, (list, tuple)):  # tuples: a dict from to_dict() that skipped JSON
+        raise _bad(where, key, "a list", v)
+    return list(v)
+
+
+def _obj(d: Any, key: str, where: str, default: Any = ...) -> dict:
+    v = _req(d, key, where) if default is ... else (d.get(key, default) if isinstance(d, dict) else default)
+    if not isinstance(v, dict):
+        raise _bad(where, key, "an object", v)
+    return v
+
+
+def _items(d: Any, key: str, where: str, read: Callable[[Any, str], Any], default: Any = ...) -> tuple:
+    return tuple(read(x, f"{_where(where, key)}[{i}]") for i, x in enumerate(_list(d, key, where, default)))
+
+
+# -- sections ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ImagePreprocess:
     size: int = 224
@@ -35,6 +125,18 @@ class ImagePreprocess:
     # "center_crop": resize short side to `size` (bicubic, antialiased) then centre crop.
     resize_mode: str = "center_crop"
     interpolation: str = "bicubic"
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "preprocess.image") -> "ImagePreprocess":
+        def triple(key: str, lo: float, lo_open: bool) -> tuple[float, float, float]:
+            v = _list(d, key, where)
+            if len(v) != 3:
+                raise _bad(where, key, "a list of 3 numbers", v)
+            return tuple(_float({key: x}, key, where, lo=lo, lo_open=lo_open) for x in v)  # type: ignore[return-value]
+
+        return cls(size=_int(d, "size", where, lo=1, hi=8192), mean=triple("mean", -1e3, False),
+                   std=triple("std", 0.0, True), resize_mode=_str(d, "resize_mode", where, RESIZE_MODES),
+                   interpolation=_str(d, "interpolation", where, ("bicubic", "bilinear", "nearest", "lanczos")))
 
 
 @dataclass(frozen=True)
@@ -48,6 +150,17 @@ class AudioPreprocess:
     hop_seconds: float = 2.5
     min_seconds: float = 1.0
 
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "preprocess.audio") -> "AudioPreprocess":
+        window = _float(d, "window_seconds", where, lo=0.1, hi=600.0)
+        # A hop far below the window would make a track cost thousands of encoder runs a
+        # minute; a tenth of a second is already finer than any use of the start times.
+        hop = _float(d, "hop_seconds", where, lo=0.1, hi=window)
+        return cls(sample_rate=_int(d, "sample_rate", where, lo=8000, hi=384000),
+                   int16_scale=_float(d, "int16_scale", where, lo=0.0, lo_open=True),
+                   scaling_in_graph=_bool(d, "scaling_in_graph", where), window_seconds=window, hop_seconds=hop,
+                   min_seconds=_float(d, "min_seconds", where, lo=0.0, hi=window))
+
 
 @dataclass(frozen=True)
 class TextPreprocess:
@@ -56,12 +169,102 @@ class TextPreprocess:
     sot_token: int = 49406
     eot_token: int = 49407
 
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "preprocess.text") -> "TextPreprocess":
+        return cls(context_length=_int(d, "context_length", where, lo=2, hi=4096),
+                   vocab_file=_str(d, "vocab_file", where, nonempty=True),
+                   sot_token=_int(d, "sot_token", where, lo=0), eot_token=_int(d, "eot_token", where, lo=0))
+
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
     dtype: str  # "float32", "float16", "int64"
     shape: tuple[int | str, ...]  # strings are symbolic (dynamic) axes, e.g. "batch"
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "TensorSpec":
+        shape = _list(d, "shape", where)
+        for i, s in enumerate(shape):
+            if not (isinstance(s, str) and s) and (isinstance(s, bool) or not isinstance(s, int) or s < 1):
+                raise _bad(where, f"shape[{i}]", "a positive integer or an axis name", s)
+        return cls(_str(d, "name", where, nonempty=True), _str(d, "dtype", where, TENSOR_DTYPES), tuple(shape))
+
+
+@dataclass(frozen=True)
+class PackedArray:
+    """A small array inside the JSON: base64 of the zlib-compressed little-endian C-order
+    bytes, with its dtype and shape (every platform has base64 and zlib)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: str = field(repr=False)
+
+    @classmethod
+    def pack(cls, arr: np.ndarray) -> "PackedArray":
+        a = np.ascontiguousarray(arr)
+        if a.dtype.name not in PACKED_DTYPES:
+            raise ValueError(f"cannot pack dtype {a.dtype.name} (one of {', '.join(PACKED_DTYPES)})")
+        raw = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+        return cls(a.dtype.name, tuple(int(s) for s in a.shape), base64.b64encode(zlib.compress(raw, 9)).decode())
+
+    def array(self) -> np.ndarray:
+        dt = np.dtype(self.dtype).newbyteorder("<")
+        n = int(np.prod(self.shape, dtype=np.int64)) * dt.itemsize
+        try:
+            # Decompress at most the declared size (+1 to notice a longer payload): a
+            # "zip bomb" in a manifest costs nothing.
+            d = zlib.decompressobj()
+            raw = d.decompress(base64.b64decode(self.data, validate=True), n + 1)
+        except (ValueError, zlib.error) as exc:
+            raise ManifestError(f"manifest: packed {self.dtype} array {list(self.shape)} does not decode ({exc})") from None
+        if len(raw) != n:
+            raise ManifestError(f"manifest: packed {self.dtype} array {list(self.shape)} holds {len(raw)} bytes, "
+                                f"expected {n}")
+        return np.frombuffer(raw, dtype=dt).reshape(self.shape).astype(self.dtype)
+
+    def to_dict(self) -> dict:
+        return {"dtype": self.dtype, "shape": list(self.shape), "encoding": "zlib+base64", "data": self.data}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "PackedArray":
+        shape = _list(d, "shape", where)
+        if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+            raise _bad(where, "shape", "a list of positive integers", shape)
+        dtype = _str(d, "dtype", where, PACKED_DTYPES)
+        if int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize > MAX_PACKED_BYTES:
+            raise _bad(where, "shape", f"at most {MAX_PACKED_BYTES >> 20} MiB of data", shape)
+        _str(d, "encoding", where, ("zlib+base64",))
+        return cls(dtype, tuple(shape), _str(d, "data", where))
+
+
+@dataclass(frozen=True)
+class Int8Format:
+    """How an int8 graph stores its numbers, and why that gives the same result on every CPU.
+
+    ONNX Runtime's AVX2 kernels (x86 without VNNI) multiply u8 activations by s8 weights
+    and add each adjacent pair in a saturating 16-bit lane: |a1*w1 + a2*w2| <= 2 * 255 *
+    max|w| must stay <= 32767, i.e. max|w| <= 64. ``pair_sum_bound`` is that product for
+    this graph, measured from its weights, and ``saturation_free`` whether it fits (u8
+    weights, or s8 activations, use widening kernels instead and cannot saturate).
+    """
+
+    activations: str  # "uint8" | "int8" | "none" (no quantised activations, e.g. weight-only)
+    weights: str  # "int8" | "uint8"
+    weight_bits: int  # 7 with ORT's reduce_range, else 8
+    per_channel: bool
+    max_abs_weight: int  # largest |quantised weight| - zero point over the graph's integer ops
+    pair_sum_bound: int  # 2 * 255 * max_abs_weight for u8 x s8, else 0
+    saturation_free: bool
+    fp32_nodes: int  # nodes kept in float on purpose (front end, sensitive layers)
+    recipe: str  # the export's recipe in words
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "Int8Format":
+        return cls(_str(d, "activations", where, ("uint8", "int8", "none")), _str(d, "weights", where, ("int8", "uint8")),
+                   _int(d, "weight_bits", where, lo=2, hi=8), _bool(d, "per_channel", where),
+                   _int(d, "max_abs_weight", where, lo=0, hi=255), _int(d, "pair_sum_bound", where, lo=0),
+                   _bool(d, "saturation_free", where), _int(d, "fp32_nodes", where, lo=0), _str(d, "recipe", where))
 
 
 @dataclass(frozen=True)
@@ -73,8 +276,59 @@ class EncoderFile:
     bytes: int
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    # How the int8 graph was made (e.g. "static-qdq-per-channel", "dynamic", "optimum:avx2").
+    # How the graph was made (e.g. "static-qdq ... per-channel u8s8", "dynamic").
     method: str = ""
+    # int8 graphs: their number format (schema 2).
+    int8_format: Int8Format | None = None
+    # The self-check: the golden input of this modality must give at least this cosine
+    # against the exporting PyTorch model's embedding (0: no floor recorded, schema 1) ...
+    selfcheck_min_cosine: float = 0.0
+    # ... and gave this one on the exporting machine.
+    selfcheck_export_cosine: float | None = None
+
+    @classmethod
+    def from_dict(cls, e: Any, where: str) -> "EncoderFile":
+        sha = _str(e, "sha256", where)
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise _bad(where, "sha256", "64 lower-case hex digits", sha)
+        fmt = e.get("int8_format") if isinstance(e, dict) else None
+        export_cos = e.get("selfcheck_export_cosine") if isinstance(e, dict) else None
+        return cls(_str(e, "modality", where, MODALITIES), _str(e, "precision", where, PRECISIONS),
+                   _str(e, "file", where, nonempty=True), sha, _int(e, "bytes", where, lo=1),
+                   _items(e, "inputs", where, TensorSpec.from_dict), _items(e, "outputs", where, TensorSpec.from_dict),
+                   _str(e, "method", where, default=""),
+                   None if fmt is None else Int8Format.from_dict(fmt, f"{where}.int8_format"),
+                   _float(e, "selfcheck_min_cosine", where, lo=-1.0, hi=1.0, default=0.0),
+                   None if export_cos is None else _float(e, "selfcheck_export_cosine", where, lo=-1.0, hi=1.0))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["int8_format"] = None if self.int8_format is None else asdict(self.int8_format)
+        return d
+
+
+@dataclass(frozen=True)
+class Golden:
+    """One modality's self-check: a small input and the embedding the exporting PyTorch
+    model gave for it.
+
+    ``input`` is in the compact form the graph input is made from: image uint8 RGB
+    [k, S, S, 3] (normalised with ``preprocess.image`` mean/std), text int32 token ids
+    [k, context], audio int16 [k, T] (divided by 32768). ``reference`` is float32 [k, D],
+    L2-normalised rows."""
+
+    modality: str
+    input: PackedArray
+    reference: PackedArray
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "Golden":
+        return cls(_str(d, "modality", where, MODALITIES), PackedArray.from_dict(_obj(d, "input", where),
+                                                                                f"{where}.input"),
+                   PackedArray.from_dict(_obj(d, "reference", where), f"{where}.reference"))
+
+    def to_dict(self) -> dict:
+        return {"modality": self.modality, "input": self.input.to_dict(), "reference": self.reference.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -97,6 +351,34 @@ class ParityEntry:
     mean_cosine: float
     target: str
     passed: bool
+    # Where it was measured: the CPU (model, int8 kernel class, features) and the
+    # onnxruntime version (schema 2; int8 results depend on both).
+    cpu: str = ""
+    cpu_features: tuple[str, ...] = ()
+    onnxruntime: str = ""
+    provider: str = "CPUExecutionProvider"
+    # Which held-out inputs: "built-in" (generated) or the user's folder.
+    inputs: str = "built-in"
+    # Retrieval agreement on the user's held-out data (``--calibration``): mean overlap of
+    # the top-k lists ranked with this graph's embeddings and with PyTorch's.
+    topk_overlap: float | None = None
+    topk: int | None = None
+
+    @classmethod
+    def from_dict(cls, p: Any, where: str) -> "ParityEntry":
+        def opt_float(key):
+            v = p.get(key) if isinstance(p, dict) else None
+            return None if v is None else _float(p, key, where, lo=0.0, hi=1.0)
+
+        topk = p.get("topk") if isinstance(p, dict) else None
+        return cls(_str(p, "modality", where, MODALITIES), _str(p, "precision", where, PRECISIONS),
+                   _int(p, "n", where, lo=0), _float(p, "min_cosine", where, lo=-1.0, hi=1.0),
+                   _float(p, "mean_cosine", where, lo=-1.0, hi=1.0), _str(p, "target", where),
+                   _bool(p, "passed", where), _str(p, "cpu", where, default=""),
+                   tuple(_str({"f": f}, "f", f"{where}.cpu_features") for f in _list(p, "cpu_features", where, [])),
+                   _str(p, "onnxruntime", where, default=""),
+                   _str(p, "provider", where, default="CPUExecutionProvider"), _str(p, "inputs", where, default="built-in"),
+                   opt_float("topk_overlap"), None if topk is None else _int(p, "topk", where, lo=1))
 
 
 @dataclass(frozen=True)
@@ -104,6 +386,11 @@ class LogitScales:
     image_text: float
     audio_text: float
     audio_image: float
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "logit_scales") -> "LogitScales":
+        # exp'ed and clamped to [1, 100] by the export, as the model does.
+        return cls(*(_float(d, k, where, lo=1.0, hi=100.0) for k in ("image_text", "audio_text", "audio_image")))
 
 
 @dataclass(frozen=True)
@@ -114,6 +401,12 @@ class ModelInfo:
     checkpoint_sha256: str
     demo: bool = False
     config: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, m: Any, where: str = "model") -> "ModelInfo":
+        return cls(_str(m, "name", where), _str(m, "description", where), _str(m, "checkpoint", where),
+                   _str(m, "checkpoint_sha256", where), _bool(m, "demo", where, default=False),
+                   _obj(m, "config", where, default={}))
 
 
 @dataclass(frozen=True)
@@ -129,6 +422,7 @@ class Manifest:
     labels: tuple[LabelEmbeddings, ...]
     parity: tuple[ParityEntry, ...] = ()
     vocab_sha256: str = ""
+    goldens: tuple[Golden, ...] = ()
 
     # -- lookups -------------------------------------------------------------------
     def encoder(self, modality: str, precision: str) -> EncoderFile:
@@ -147,6 +441,9 @@ class Manifest:
                 return ls
         raise ManifestError(f"bundle has no label set '{name}'")
 
+    def golden(self, modality: str) -> Golden | None:
+        return next((g for g in self.goldens if g.modality == modality), None)
+
     # -- (de)serialisation -----------------------------------------------------------
     def to_dict(self) -> dict:
         d = {
@@ -155,7 +452,7 @@ class Manifest:
             "embed_dim": self.embed_dim,
             "logit_scales": asdict(self.logit_scales),
             "preprocess": {"image": asdict(self.image), "audio": asdict(self.audio), "text": asdict(self.text)},
-            "encoders": [asdict(e) for e in self.encoders],
+            "encoders": [e.to_dict() for e in self.encoders],
             "labels": [
                 {"name": ls.name, "classes": list(ls.classes), "template": ls.template,
                  "embeddings": [[float(f"{v:.8g}") for v in row] for row in np.asarray(ls.embeddings, np.float32)]}
@@ -163,48 +460,46 @@ class Manifest:
             ],
             "parity": [asdict(p) for p in self.parity],
             "vocab_sha256": self.vocab_sha256,
+            "goldens": [g.to_dict() for g in self.goldens],
         }
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Manifest":
+    def from_dict(cls, d: Any) -> "Manifest":
         if not isinstance(d, dict):
             raise ManifestError("manifest: top level is not a JSON object")
         version = _req(d, "schema_version", "")
-        if version != SCHEMA_VERSION:
-            raise ManifestError(f"manifest: unknown schema_version {version!r} (this runtime reads {SCHEMA_VERSION})")
-        try:
-            pre = _req(d, "preprocess", "")
-            image = ImagePreprocess(**{**_req(pre, "image", "preprocess"),
-                                       "mean": tuple(pre["image"]["mean"]), "std": tuple(pre["image"]["std"])})
-            audio = AudioPreprocess(**_req(pre, "audio", "preprocess"))
-            text = TextPreprocess(**_req(pre, "text", "preprocess"))
-            embed_dim = int(_req(d, "embed_dim", ""))
-            encoders = []
-            for i, e in enumerate(_req(d, "encoders", "")):
-                for k in ("modality", "precision", "file", "sha256", "bytes", "inputs", "outputs"):
-                    _req(e, k, f"encoders[{i}]")
-                if e["modality"] not in MODALITIES:
-                    raise ManifestError(f"manifest: encoders[{i}].modality {e['modality']!r} not one of {MODALITIES}")
-                if e["precision"] not in PRECISIONS:
-                    raise ManifestError(f"manifest: encoders[{i}].precision {e['precision']!r} not one of {PRECISIONS}")
-                specs = lambda xs: tuple(TensorSpec(s["name"], s["dtype"], tuple(s["shape"])) for s in xs)  # noqa: E731
-                encoders.append(EncoderFile(e["modality"], e["precision"], e["file"], e["sha256"], int(e["bytes"]),
-                                            specs(e["inputs"]), specs(e["outputs"]), e.get("method", "")))
-            labels = []
-            for i, ls in enumerate(_req(d, "labels", "")):
-                emb = np.asarray(_req(ls, "embeddings", f"labels[{i}]"), dtype=np.float32)
-                classes = tuple(_req(ls, "classes", f"labels[{i}]"))
-                if emb.shape != (len(classes), embed_dim):
-                    raise ManifestError(f"manifest: labels[{i}] ({ls.get('name')}) embeddings have shape "
-                                        f"{emb.shape}, expected {(len(classes), embed_dim)}")
-                labels.append(LabelEmbeddings(_req(ls, "name", f"labels[{i}]"), classes,
-                                              _req(ls, "template", f"labels[{i}]"), emb))
-            m = _req(d, "model", "")
-            model = ModelInfo(**m)
-            scales = LogitScales(**_req(d, "logit_scales", ""))
-            parity = tuple(ParityEntry(**p) for p in d.get("parity", []))
-        except TypeError as exc:  # unexpected / missing keyword in a section
-            raise ManifestError(f"manifest: malformed section ({exc})") from None
-        return cls(version, model, embed_dim, scales, image, audio, text, tuple(encoders), tuple(labels),
-                   parity, d.get("vocab_sha256", ""))
+        if isinstance(version, bool) or version not in READABLE_SCHEMAS:
+            raise ManifestError(f"manifest: unknown schema_version {version!r} (this runtime reads "
+                                f"{', '.join(map(str, READABLE_SCHEMAS))})")
+        pre = _obj(d, "preprocess", "")
+        image = ImagePreprocess.from_dict(_obj(pre, "image", "preprocess"))
+        audio = AudioPreprocess.from_dict(_obj(pre, "audio", "preprocess"))
+        text = TextPreprocess.from_dict(_obj(pre, "text", "preprocess"))
+        embed_dim = _int(d, "embed_dim", "", lo=1, hi=65536)
+        encoders = _items(d, "encoders", "", EncoderFile.from_dict)
+        seen = set()
+        for i, e in enumerate(encoders):
+            if (e.modality, e.precision) in seen:
+                raise ManifestError(f"manifest: encoders[{i}] repeats {e.modality}.{e.precision}")
+            seen.add((e.modality, e.precision))
+        labels = []
+        for i, ls in enumerate(_list(d, "labels", "")):
+            where = f"labels[{i}]"
+            classes = tuple(_str({"c": c}, "c", f"{where}.classes") for c in _list(ls, "classes", where))
+            try:
+                emb = np.asarray(_list(ls, "embeddings", where), dtype=np.float32)
+            except (TypeError, ValueError):
+                raise _bad(where, "embeddings", "a matrix of numbers", "...") from None
+            if emb.shape != (len(classes), embed_dim) or not np.isfinite(emb).all():
+                raise ManifestError(f"manifest: {where} ({ls.get('name')}) embeddings have shape "
+                                    f"{emb.shape}, expected {(len(classes), embed_dim)} finite numbers")
+            labels.append(LabelEmbeddings(_str(ls, "name", where), classes, _str(ls, "template", where), emb))
+        goldens = _items(d, "goldens", "", Golden.from_dict, default=[])
+        for i, g in enumerate(goldens):
+            if g.reference.shape[-1:] != (embed_dim,) or g.reference.dtype != "float32":
+                raise ManifestError(f"manifest: goldens[{i}].reference must be float32 [k, {embed_dim}]")
+        return cls(version, ModelInfo.from_dict(_obj(d, "model", "")), embed_dim,
+                   LogitScales.from_dict(_obj(d, "logit_scales", "")), image, audio, text, encoders, tuple(labels),
+                   _items(d, "parity", "", ParityEntry.from_dict, default=[]), _str(d, "vocab_sha256", "", default=""),
+                   goldens)

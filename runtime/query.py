@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .defaults import demo_notice
 
     retriever = Retriever(bundle=args.bundle, library=args.library, device=args.device,
-                          precision=args.precision, threads=args.threads)
+                          precision=args.precision, threads=args.threads,
+                          selfcheck=False if args.no_selfcheck else None, cache_dir=args.cache_dir)
     if retriever.bundle.is_demo:
         sys.stderr.write(demo_notice(retriever.bundle.dir) + "\n")
     if args.pages or args.text:

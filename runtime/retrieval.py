@@ -112,10 +112,10 @@ class Retriever:
 
     def __init__(self, bundle: Bundle | str | Path | None = None, library: Library | str | Path | None = None,
                  device: str = "auto", precision: str = "auto", threads: int | None = None,
-                 strict_device: bool = False):
+                 strict_device: bool = False, selfcheck: bool | None = None, cache_dir: str | Path | None = None):
         self.bundle = load_bundle(bundle)
         self.encoders = Encoders(self.bundle, device=device, precision=precision, threads=threads,
-                                 strict_device=strict_device)
+                                 strict_device=strict_device, selfcheck=selfcheck, cache_dir=cache_dir)
         self._library_src = library
         self._library: Library | None = None
         self._pages: dict[str, Library] = {}

@@ -160,9 +160,58 @@ def _unit_rows(rng, n: int, d: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+# Self-check floors by precision, as the export sets them (export/golden.py; not imported
+# here, so the runtime tests need neither torch nor the export's extras).
+GOLDEN_FLOORS = {"fp32": 0.9999, "int8": 0.98}
+
+
+def _run_graph(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def tiny_goldens(out: Path, encoders, image_cfg, rng) -> tuple[tuple, list]:
+    """Golden inputs for the tiny bundle, their fp32-graph embeddings as the reference (the
+    stand-in for the exporting PyTorch model), and each graph's floor measured as the
+    export measures it. Returns (goldens, encoders with their floors)."""
+    from dataclasses import replace
+
+    from runtime.manifest import Golden, PackedArray
+    from runtime.selfcheck import golden_batch, row_cosines
+    from runtime.tokenizer import default_tokenizer
+
+    raw = {"image": rng.integers(0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),
+           "text": default_tokenizer()(["a quiet page in the rain", "Scary music"]).astype(np.int32),
+           "audio": (rng.uniform(-0.5, 0.5, (1, SAMPLE_RATE // 2)) * 32767).astype(np.int16)}
+    goldens, inputs = [], {}
+    for modality, arr in raw.items():
+        packed = PackedArray.pack(arr)
+        inputs[modality] = golden_batch(Golden(modality, packed, packed), image_cfg)
+        ref = _run_graph(out / f"{modality}.fp32.onnx", inputs[modality])
+        goldens.append(Golden(modality, packed, PackedArray.pack(_unit_rows_of(ref))))
+    refs = {g.modality: g.reference.array() for g in goldens}
+    floored = []
+    for e in encoders:
+        cos = float(row_cosines(_run_graph(out / e.file, inputs[e.modality]), refs[e.modality]).min())
+        floored.append(replace(e, selfcheck_min_cosine=round(min(GOLDEN_FLOORS[e.precision], cos - 0.002), 6),
+                               selfcheck_export_cosine=round(cos, 6)))
+    return tuple(goldens), floored
+
+
+def _unit_rows_of(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
 def write_tiny_bundle(out: str | Path, precisions: tuple[str, ...] = ("fp32", "int8"), d: int = EMBED_DIM,
-                      demo: bool = False, seed: int = 0, window_seconds: float = 2.0, hop_seconds: float = 1.0) -> Path:
-    """Write a complete bundle folder the runtime accepts; returns its path."""
+                      demo: bool = False, seed: int = 0, window_seconds: float = 2.0, hop_seconds: float = 1.0,
+                      goldens: bool = True) -> Path:
+    """Write a complete bundle folder the runtime accepts; returns its path. With
+    ``goldens`` (default) the manifest carries self-check inputs and floors, as an export's."""
     import onnx
 
     from runtime.labels import GENRE_LABELS, MOOD_LABELS
@@ -200,8 +249,13 @@ def write_tiny_bundle(out: str | Path, precisions: tuple[str, ...] = ("fp32", "i
             encoders.append(EncoderFile(modality, precision, path.name, _sha(path), path.stat().st_size,
                                         io_specs[modality], (TensorSpec("embedding", "float32", ("batch", d)),),
                                         "dynamic" if precision == "int8" else ""))
-        if "fp32" not in precisions:
-            fp32.unlink()
+    image_cfg = ImagePreprocess(size=IMAGE_SIZE)
+    golden_set: tuple = ()
+    if goldens:
+        golden_set, encoders = tiny_goldens(out, encoders, image_cfg, np.random.default_rng(seed + 7))
+    if "fp32" not in precisions:
+        for modality in graphs:
+            (out / f"{modality}.fp32.onnx").unlink()
     vocab = out / TextPreprocess().vocab_file
     shutil.copyfile(ROOT / "runtime" / "assets" / vocab.name, vocab)
     labels = tuple(LabelEmbeddings(ls.name, ls.classes, ls.template, _unit_rows(rng, len(ls.classes), d))
@@ -213,13 +267,14 @@ def write_tiny_bundle(out: str | Path, precisions: tuple[str, ...] = ("fp32", "i
         # Small scales (the real ones are ~100) keep the tiny model's tag distributions away from 0/1,
         # so tests of them can tell right from wrong.
         logit_scales=LogitScales(image_text=10.0, audio_text=8.0, audio_image=5.0),
-        image=ImagePreprocess(size=IMAGE_SIZE),
+        image=image_cfg,
         audio=AudioPreprocess(sample_rate=SAMPLE_RATE, window_seconds=window_seconds, hop_seconds=hop_seconds,
                               min_seconds=0.5),
         text=TextPreprocess(),
         encoders=tuple(encoders),
         labels=labels,
         vocab_sha256=_sha(vocab),
+        goldens=golden_set,
     )
     Manifest.from_dict(manifest.to_dict())  # the writer must produce what the reader accepts
     (out / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=1))

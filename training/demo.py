@@ -356,12 +356,13 @@ def _keep_unchanged_audio(new: Path, old: Path) -> int:
 
 
 def _calibration_folder(work: Path, manga: Path, audioset: Path) -> Path:
-    """A few generated pages and clips for int8 calibration (none from the held-out evaluation)."""
+    """Generated pages and clips for int8 calibration (activation ranges only, no labels); the
+    export holds a quarter of each out for its parity report (12 pages, 8 clips)."""
     calib = work / "calibration"
     calib.mkdir(exist_ok=True)
-    for i, page in enumerate(sorted((manga / "images").rglob("*.jpg"))[::7][:32]):
+    for i, page in enumerate(sorted((manga / "images").rglob("*.jpg"))[::7][:48]):
         shutil.copy(page, calib / f"page_{i:03d}.jpg")
-    for i, clip in enumerate(sorted((audioset / "clips").glob("*.ogg"))[::5][:16]):
+    for i, clip in enumerate(sorted((audioset / "clips").glob("*.ogg"))[::5][:32]):
         shutil.copy(clip, calib / f"clip_{i:03d}.ogg")
     return calib
 
