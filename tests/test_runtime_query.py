@@ -44,15 +44,19 @@ def test_page_result_is_ranked_tagged_and_located(retriever, world):  # noqa: F8
     # moods: all 7, same page embedding, same (image_text) scale, summing to 1
     assert len(res.moods) == 7 and sum(p for _, p in res.moods) == pytest.approx(1, abs=1e-5)
     assert [p for _, p in res.moods] == sorted((p for _, p in res.moods), reverse=True)
-    # tracks: by cosine with the pooled embedding; best start = the closest window
+    # tracks: by cosine with the pooled embedding less weight x the track's hub term;
+    # best start = the closest window
     lib = Library.open(world.library)
     cos = lib.tracks @ page
-    assert [t.path for t in res.tracks] == [str(lib.track(int(i)).path) for i in np.argsort(-cos)[:3]]
+    assert lib.hub_weight > 0 and np.ptp(lib.hub_terms()) > 0  # the correction is on and not constant
+    score = cos - lib.hub_weight * lib.hub_terms()
+    assert [t.path for t in res.tracks] == [str(lib.track(int(i)).path) for i in np.argsort(-score)[:3]]
     for t in res.tracks:
         info = lib.find(t.path)
-        assert t.score == pytest.approx(float(cos[info.row]), abs=1e-5)
-        win = np.asarray(lib.windows[info.window_offset:info.window_offset + info.window_count], np.float32)
-        assert t.best_start_seconds == lib.starts[info.window_offset + int(np.argmax(win @ page))]
+        assert t.score == pytest.approx(float(score[info.row]), abs=1e-5)
+        assert t.cosine == pytest.approx(float(cos[info.row]), abs=1e-5)
+        win, starts = lib.windows_of(info.row)
+        assert t.best_start_seconds == starts[int(np.argmax(win @ page))]
         assert t.top_mood == info.top_mood
     lib.close()
 
@@ -74,6 +78,8 @@ def test_text_to_music(retriever):
     res = retriever.query_text("sad piano", top_k=4)
     assert res.text == "sad piano" and len(res.tracks) == 4
     assert [t.score for t in res.tracks] == sorted((t.score for t in res.tracks), reverse=True)
+    # text is ranked by the plain cosine: the hub terms are measured against pages
+    assert all(t.score == pytest.approx(t.cosine, abs=1e-6) for t in res.tracks)
 
 
 def test_music_to_moods_and_pages(retriever, world):  # noqa: F811

@@ -1,0 +1,669 @@
+"""Building a library: scan, plan, embed (committing as it goes), publish one generation.
+
+``build_library`` is incremental against the live generation: a file whose path, size and
+mtime match a record is not read; one whose content hash matches a ranked record is
+copied (a move, a touch); everything else goes through ``embed_file`` — the ONE place a
+file becomes a ``TrackEmbedding``, so a faster embedder can be swapped in without touching
+any of this. Whatever ``embed_file`` raises for one file becomes that file's failure
+record with a one-line reason, and the build goes on; a file with nothing audible becomes a
+'silent' record (listed, never ranked).
+
+Progress is committed every ``commit_every`` files or ``commit_seconds`` seconds: the
+records so far are written as a segment and named in the build journal (``build.json``).
+A build killed at any instant leaves ``CURRENT`` naming the previous, complete generation;
+the next run finds the journal and reuses every committed record instead of embedding the
+file again. Only when every file has been handled is a new generation manifest written and
+``CURRENT`` replaced (the commit point); then unneeded files are collected.
+
+What one run writes is proportional to what changed: new segments for new records, a
+small deletion sidecar per segment that lost records, the manifest. Segments of similar
+size are merged ``MERGE_FACTOR`` at a time (amortised O(log N) rewrites per record, as in
+any log-structured store) and a segment more than half deleted is compacted, which keeps
+the number of segments logarithmic in the library's size. A run that finds nothing to do
+writes nothing and publishes no generation.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..audio_preprocess import LOUDNESS_FLOOR_DBFS, MAX_TRACK_SECONDS, check_regular_file
+from ..bundle import sha256_file
+from ..encoders import TrackEmbedding
+from ..errors import InputError, LibraryError, SilentAudioError
+from . import hubs
+from .records import BuildReport, Failure, SilentTrack, check_relpath
+from .schema import (CURRENT_NAME, GC_LOCK_NAME, GEN_RE, JOURNAL_NAME, KINDS, LEASES_DIR, LOCK_NAME, OLD_GEN_RE,
+                     SEGMENTS_DIR, AnnSpec, FileRef, GenerationManifest, HubSpec, Journal, RootRef, SegmentRef,
+                     generation_name, segment_prefix)
+from .scanning import extensions, scan_tree
+from .search_index import (ANN_EF_SEARCH, ANN_M, ANN_MIN_SEGMENT_ROWS, SegmentedIndex, IndexPart, build_ann,
+                           measure_recall, recall_queries)
+from .segments import (EmbeddingCheckError, NewRecord, OpenSegment, check_embeddings, hub_file_name,
+                       write_deleted, write_segment, write_vector_file)
+from .storage import (WriterLock, collect_garbage, fsync_dir, read_current_name, read_journal, read_manifest,
+                      write_atomic, write_json_atomic)
+
+log = logging.getLogger("manga_music")
+
+EmbedFile = Callable[[Path], TrackEmbedding]
+ProgressFn = Callable[[int, int, str], None]
+
+COMMIT_EVERY = 32  # files per committed segment while building ...
+COMMIT_SECONDS = 60.0  # ... or this long, whichever comes first: at most this much work is lost to a kill
+MERGE_FACTOR = 10
+COMPACT_DELETED_SHARE = 0.5
+
+
+def default_embedder(encoders, kind: str, mode: str | None = None) -> EmbedFile:
+    """``embed_file`` for a kind: a track's audible windows (music), or a page as one window."""
+    if kind == "music":
+        return lambda path: encoders.embed_track(path)
+
+    def embed_page(path: Path) -> TrackEmbedding:
+        emb = encoders.embed_images([path], mode=mode)[0]
+        return TrackEmbedding(emb[None, :], np.zeros(1), emb, 0.0)
+
+    return embed_page
+
+
+# -- what the old state holds -------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Rec:
+    """A record of the base generation or the journal, as planning sees it."""
+
+    seg: OpenSegment
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    status: str
+    vec: int
+    from_journal: bool
+
+
+@dataclass
+class _Todo:
+    path: Path
+    rel: str
+    in_base: bool
+
+
+@dataclass
+class _Run:
+    """Mutable state of one build (kept in one place so the steps stay small functions)."""
+
+    lib_dir: Path
+    seg_dir: Path
+    kind: str
+    dim: int
+    fingerprint: str
+    bundle: object
+    hub: hubs.Reference | None
+    journal_segments: list[SegmentRef]
+    next_segment: int
+    root_abs: str
+    bytes_written: int = 0
+    new_since_start: list[SegmentRef] = field(default_factory=list)  # written by this run, not yet merged
+    opened: dict[int, OpenSegment] = field(default_factory=dict)
+
+    def open(self, ref: SegmentRef) -> OpenSegment:
+        seg = self.opened.get(ref.id)
+        if seg is None or seg.ref != ref:
+            seg = self.opened[ref.id] = OpenSegment(self.seg_dir, ref, kind=self.kind, dim=self.dim,
+                                                    bundle_fingerprint=self.fingerprint)
+        return seg
+
+    def write(self, records: Sequence[NewRecord]) -> SegmentRef:
+        m = self.bundle.manifest
+        ref = write_segment(self.seg_dir, self.next_segment, records, kind=self.kind, dim=self.dim,
+                            bundle_fingerprint=self.fingerprint, labels=m.label_set("moods"),
+                            genres=m.label_set("genres") if self.kind == "pages" else None,
+                            scale=m.logit_scales.audio_text if self.kind == "music" else m.logit_scales.image_text,
+                            hub=self.hub)
+        self.next_segment += 1
+        self.bytes_written += sum(f.bytes for f in ref.all_files())
+        return ref
+
+    def save_journal(self) -> None:
+        j = Journal(self.kind, self.fingerprint, self.root_abs, tuple(self.journal_segments), self.next_segment,
+                    self.hub.key if self.hub else "")
+        self.bytes_written += write_json_atomic(self.lib_dir / JOURNAL_NAME, j.to_dict())
+
+    def close(self) -> None:
+        for s in self.opened.values():
+            s.close()
+        self.opened.clear()
+
+
+# -- the entry point -----------------------------------------------------------------------------
+def build_library(source: str | Path, out: str | Path, encoders, kind: str = "music", mode: str | None = None,
+                  rebuild: bool = False, progress: ProgressFn | bool | None = None,
+                  on_file: Callable[[Path], None] | None = None, *, embed_file: EmbedFile | None = None,
+                  reference_pages: str | Path | Sequence[str | Path] | bool | None = None,
+                  commit_every: int = COMMIT_EVERY, commit_seconds: float = COMMIT_SECONDS) -> BuildReport:
+    """Index every file of ``kind`` under ``source`` into the library folder ``out``.
+
+    ``progress``: a callable ``(done, total, note)`` called after each file (the CLI draws
+    its bar with it); False/None: silent. ``on_file``: called with each path just before it
+    is embedded (tests use it to fail or stop mid-build). ``embed_file``: path ->
+    ``TrackEmbedding`` (default: ``default_embedder``). ``reference_pages``: the pages the
+    hub correction is measured against (a folder or files; None: the shipped set; False:
+    no correction). Raises ``InputError`` for a bad source or output folder, and
+    ``LibraryError`` for a library built with another bundle (unless ``rebuild``); nothing
+    else a single file does stops the build.
+    """
+    t0 = time.monotonic()
+    if kind not in KINDS:
+        raise InputError(f"unknown library kind {kind!r} (choose from {', '.join(KINDS)})")
+    src = Path(source)
+    if not src.exists():
+        raise InputError(f"{src}: no such folder")
+    if not src.is_dir():
+        raise InputError(f"{src}: not a folder")
+    src = src.resolve()
+    lib_dir = Path(out)
+    if lib_dir.exists() and not lib_dir.is_dir():
+        raise InputError(f"{lib_dir}: exists and is not a folder")
+    if lib_dir.is_dir() and not _looks_like_library(lib_dir):
+        # Never write into (and later clean up) a folder that holds someone else's files.
+        raise InputError(f"{lib_dir}: exists, is not empty and is not a manga-music library; choose another --out")
+    # Before any work: where paths will be stored from (a Windows relpath across drives
+    # fails here, not after hours of embedding).
+    root = root_ref(lib_dir, src)
+    files, problems = scan_tree(src, kind, skip=[lib_dir])
+    if any(p == src for p, _ in problems):
+        raise InputError(f"{src}: {dict(problems)[src]}")
+    if not files:
+        exts = extensions(kind)
+        what = "audio" if kind == "music" else "image"
+        raise InputError(f"{src}: no {what} files found (looked for {', '.join(e[1:] for e in exts[:8])}, ...)")
+    bundle = encoders.bundle
+    # Resolve now: a precision the bundle lacks fails before any work, not after an hour.
+    precision = encoders.precision("audio" if kind == "music" else "image").precision
+    embed = embed_file or default_embedder(encoders, kind, mode)
+    use_hub = kind == "music" and reference_pages is not False
+    ref_files = hubs.reference_files(None if reference_pages in (None, True) else reference_pages) if use_hub else None
+    report_progress = progress if callable(progress) else None
+    lib_dir.mkdir(parents=True, exist_ok=True)
+    (lib_dir / SEGMENTS_DIR).mkdir(exist_ok=True)
+    (lib_dir / LEASES_DIR).mkdir(exist_ok=True)
+    if not (lib_dir / GC_LOCK_NAME).exists():
+        (lib_dir / GC_LOCK_NAME).touch()
+
+    with WriterLock(lib_dir):
+        base, base_name = _load_base(lib_dir, rebuild)
+        if base is not None and not rebuild:
+            if base.bundle_fingerprint != bundle.fingerprint:
+                raise LibraryError(f"{lib_dir} was built with another bundle ({base.model_name}, "
+                                   f"{base.bundle_fingerprint[:12]}); pass --rebuild to re-embed everything "
+                                   f"with {bundle.manifest.model.name} ({bundle.fingerprint[:12]})")
+            if base.kind != kind:
+                raise LibraryError(f"{lib_dir} is a {base.kind} index, not a {kind} one; choose another --out")
+        journal = read_journal(lib_dir)
+        if journal is not None and (rebuild or journal.kind != kind or journal.bundle_fingerprint != bundle.fingerprint
+                                    or journal.root_absolute != root.absolute):
+            journal = None  # another build's leftovers: collected after publishing
+        hub, hub_spec, ref_bytes = _reference(lib_dir, encoders, mode, ref_files, base)
+        run = _Run(lib_dir, lib_dir / SEGMENTS_DIR, kind, bundle.embed_dim, bundle.fingerprint, bundle, hub,
+                   list(journal.segments) if journal else [], _next_segment_id(lib_dir, base, journal),
+                   root.absolute, bytes_written=ref_bytes)
+        try:
+            return _build(run, src, files, problems, base, base_name, journal, embed, on_file, report_progress,
+                          commit_every, commit_seconds, precision, root, hub_spec, t0)
+        finally:
+            run.close()
+
+
+def _looks_like_library(lib_dir: Path) -> bool:
+    known = {CURRENT_NAME, JOURNAL_NAME, SEGMENTS_DIR, LEASES_DIR, LOCK_NAME, GC_LOCK_NAME}
+    return (lib_dir / CURRENT_NAME).exists() or all(
+        p.name in known or GEN_RE.match(p.name) or OLD_GEN_RE.match(p.name) or ".tmp-" in p.name
+        for p in lib_dir.iterdir())
+
+
+def root_ref(lib_dir: Path, src: Path) -> RootRef:
+    """The music root as stored: absolute, plus relative to the library folder when there is
+    a relative path (none across Windows drives: ``relpath`` raises ValueError there)."""
+    lib_abs = (lib_dir if lib_dir.is_absolute() else Path.cwd() / lib_dir).resolve()
+    try:
+        rel = Path(os.path.relpath(src, lib_abs)).as_posix()
+    except ValueError:
+        rel = None
+    return RootRef(rel, str(src))
+
+
+def _load_base(lib_dir: Path, rebuild: bool) -> tuple[GenerationManifest | None, str | None]:
+    if not (lib_dir / CURRENT_NAME).exists():
+        return None, None
+    try:
+        name = read_current_name(lib_dir)
+        return read_manifest(lib_dir, name), name
+    except LibraryError as exc:
+        if "format 1" in str(exc) or rebuild:
+            return None, None  # an old-format library is rebuilt in the new format
+        raise
+
+
+def _next_segment_id(lib_dir: Path, base, journal) -> int:
+    n = max(base.next_segment if base else 0, journal.next_segment if journal else 0)
+    for p in (lib_dir / SEGMENTS_DIR).iterdir():  # orphans of a killed run: never reuse their ids
+        if p.name.startswith("s") and p.name[1:7].isdigit():
+            n = max(n, int(p.name[1:7]) + 1)
+    return n
+
+
+def _reference(lib_dir: Path, encoders, mode, ref_files, base) -> tuple[hubs.Reference | None, HubSpec | None, int]:
+    """The hub reference set (and bytes written for it): reused from the base generation when
+    nothing it depends on changed (no image encoder needed), else embedded now and saved."""
+    if ref_files is None:
+        return None, None, 0
+    files, desc = ref_files
+    key = hubs.reference_key(encoders.bundle.fingerprint, files, mode, hubs.HUB_K)
+    seg_dir = lib_dir / SEGMENTS_DIR
+    if base is not None and base.hub is not None and base.hub.key == key:
+        try:
+            emb = np.load(seg_dir / base.hub.reference.name, allow_pickle=False)
+            if emb.dtype == np.float32 and emb.shape == (base.hub.count, encoders.dim) and np.all(np.isfinite(emb)):
+                return hubs.Reference(key, emb, hubs.HUB_K, hubs.HUB_WEIGHT, desc), base.hub, 0
+        except (OSError, ValueError):
+            pass
+    emb = hubs.embed_reference(encoders, files, mode)
+    check_embeddings(emb, "reference pages")
+    ref_file = write_vector_file(seg_dir, f"ref-{key[:16]}.npy", emb)
+    return (hubs.Reference(key, emb, hubs.HUB_K, hubs.HUB_WEIGHT, desc),
+            HubSpec(hubs.METHOD, hubs.HUB_K, hubs.HUB_WEIGHT, key, ref_file, len(emb), desc), ref_file.bytes)
+
+
+# -- planning ------------------------------------------------------------------------------------
+def _records_of(run: _Run, refs: Sequence[SegmentRef], from_journal: bool, damaged: list[str]) -> list[_Rec]:
+    out = []
+    for ref in refs:
+        try:
+            seg = run.open(ref)
+        except LibraryError as exc:
+            # Its files are embedded again; the damaged segment is left out of the new generation.
+            damaged.append(str(exc))
+            log.warning(f"{run.lib_dir}: {exc}; its files will be indexed again")
+            continue
+        for r in seg.live_records("id, path, size, mtime_ns, content_sha256, status, vec"):
+            out.append(_Rec(seg, int(r[0]), r[1], int(r[2]), int(r[3]), r[4], r[5], int(r[6]), from_journal))
+    return out
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns) of what the path points to; (0, 0) when it cannot be stat'ed (a
+    link loop, a dangling link), which is also how its failure record is stored."""
+    try:
+        st = path.stat()
+    except OSError:
+        return 0, 0
+    return st.st_size, st.st_mtime_ns
+
+
+# -- per file -------------------------------------------------------------------------------------
+def _one_line(exc: BaseException, path: Path) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    for prefix in (f"{path}: ", f"{path.resolve()}: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    if not isinstance(exc, (InputError, OSError, EmbeddingCheckError)):
+        text = f"{type(exc).__name__}: {text}"
+    return text[:500]
+
+
+def _process(todo: _Todo, embed: EmbedFile, on_file, ok_by_sha: dict[str, _Rec], kind: str,
+             stats: dict) -> tuple[NewRecord, str, _Rec | None]:
+    """One file -> (its record, what happened, the record it was copied from). Never raises
+    for a problem of the file itself (Exception); interruptions (BaseException) pass."""
+    path, rel = todo.path, todo.rel
+    try:
+        st = check_regular_file(path)
+    except InputError as exc:
+        size, mtime = _stat_key(path)
+        return NewRecord(rel, size, mtime, "", "failed", _one_line(exc, path)), "failed", None
+    size, mtime = st.st_size, st.st_mtime_ns
+    try:
+        sha = sha256_file(path)
+        reuse = ok_by_sha.get(sha)
+        if reuse is not None:
+            rec = NewRecord(rel, size, mtime, sha, "ok", duration=_duration_of(reuse), copy_from=(reuse.seg, reuse.vec),
+                            tags=_tags_of(reuse))
+            outcome = "copied"
+        else:
+            if on_file is not None:
+                on_file(path)
+            te = embed(path)
+            check_embeddings(np.asarray(te.pooled, np.float32)[None, :], "pooled embedding")
+            check_embeddings(np.asarray(te.windows, np.float32), "window embeddings")
+            if len(te.windows) == 0 or len(te.windows) != len(te.starts):
+                raise EmbeddingCheckError("the embedder returned no windows")
+            rec = NewRecord(rel, size, mtime, sha, "ok", duration=float(te.duration) if kind == "music" else None,
+                            windows=te.windows, starts=te.starts, pooled=te.pooled)
+            stats["seconds"] += float(te.duration) if kind == "music" else 0.0
+            outcome = "embedded"
+    except SilentAudioError as exc:
+        rec, outcome, reuse = NewRecord(rel, size, mtime, sha, "silent", _one_line(exc, path)), "silent", None
+    except Exception as exc:  # noqa: BLE001 - one file's problem, whatever it is, is that file's failure
+        return NewRecord(rel, size, mtime, "", "failed", _one_line(exc, path)), "failed", None
+    if _stat_key(path) != (size, mtime):
+        # Read while it was being written (a download, a tag editor): what we embedded may be
+        # neither version. Recorded with the old size and mtime, so the next run retries it.
+        return NewRecord(rel, size, mtime, "", "failed", "the file changed while it was read; the next run retries "
+                         "it"), "failed", None
+    return rec, outcome, reuse
+
+
+def _duration_of(rec: _Rec) -> float | None:
+    r = rec.seg.db.execute("SELECT duration FROM records WHERE id = ?", (rec.id,)).fetchone()
+    return None if r is None or r[0] is None else float(r[0])
+
+
+def _tags_of(rec: _Rec) -> tuple[str, str, str | None] | None:
+    r = rec.seg.db.execute("SELECT moods, top_mood, genres FROM records WHERE id = ?", (rec.id,)).fetchone()
+    return None if r is None or r[0] is None else (r[0], r[1], r[2])
+
+
+# -- the build ------------------------------------------------------------------------------------
+def _build(run: _Run, src: Path, files: list[Path], problems, base, base_name, journal, embed, on_file, progress,
+           commit_every, commit_seconds, precision, root: RootRef, hub_spec, t0) -> BuildReport:
+    damaged: list[str] = []
+    base_refs = list(base.segments) if base is not None else []
+    base_recs = _records_of(run, base_refs, False, damaged)
+    journal_recs = _records_of(run, run.journal_segments, True, damaged)
+    run.journal_segments = [r for r in run.journal_segments if r.id in run.opened]
+    by_path: dict[str, list[_Rec]] = defaultdict(list)
+    for rec in journal_recs[::-1] + base_recs:  # newest first
+        by_path[rec.path].append(rec)
+    ok_by_sha: dict[str, _Rec] = {}
+    for rec in base_recs + journal_recs:
+        if rec.status == "ok":
+            ok_by_sha.setdefault(rec.sha256, rec)
+    base_paths = {r.path for r in base_recs}
+
+    # Plan: keep what matches, delete what is gone or replaced, handle the rest.
+    keep: list[_Rec] = []
+    delete: set[tuple[int, int]] = set()
+    todo: list[_Todo] = []
+    scanned: set[str] = set()
+    pending: list[NewRecord] = []
+    for folder, reason in problems:
+        rel = folder.relative_to(src).as_posix()
+        scanned.add(rel)
+        match = next((r for r in by_path.get(rel, ()) if (r.size, r.mtime_ns) == (0, 0) and r.status == "failed"), None)
+        if match is not None:
+            keep.append(match)
+        else:
+            pending.append(NewRecord(rel, 0, 0, "", "failed", reason))
+        delete.update((r.seg.ref.id, r.id) for r in by_path.get(rel, ()) if r is not match)
+    for f in files:
+        rel = f.relative_to(src).as_posix()
+        try:
+            check_relpath(rel)
+        except LibraryError:
+            continue  # a name no library can store (e.g. a backslash in a POSIX name)
+        scanned.add(rel)
+        stat_key = _stat_key(f)
+        cands = by_path.get(rel, [])
+        match = next((r for r in cands if (r.size, r.mtime_ns) == stat_key), None)
+        if match is not None:
+            keep.append(match)
+        else:
+            todo.append(_Todo(f, rel, rel in base_paths))
+        delete.update((r.seg.ref.id, r.id) for r in cands if r is not match)
+    for path, recs in by_path.items():
+        if path not in scanned:
+            delete.update((r.seg.ref.id, r.id) for r in recs)
+
+    counts = defaultdict(int)
+    counts["unchanged"] = sum(1 for r in keep if r.status == "ok" and not r.from_journal)
+    counts["resumed"] = sum(1 for r in keep if r.from_journal)
+    stats = {"seconds": 0.0}
+    moved_from: set[str] = set()
+    last_commit = time.monotonic()
+
+    def commit() -> None:
+        nonlocal pending, last_commit
+        if pending:
+            ref = run.write(pending)
+            run.journal_segments.append(ref)
+            run.new_since_start.append(ref)
+            pending = []
+            _merge_new_segments(run)
+            run.save_journal()
+        last_commit = time.monotonic()
+
+    first_failure = None
+    try:
+        for done, t in enumerate(todo, 1):
+            rec, outcome, reuse = _process(t, embed, on_file, ok_by_sha, run.kind, stats)
+            pending.append(rec)
+            counts["ranked_new"] += rec.status == "ok"
+            if outcome == "copied":
+                if t.in_base:
+                    counts["unchanged"] += 1
+                else:
+                    counts["moved"] += 1
+                    moved_from.add(reuse.path)
+            elif outcome == "embedded":
+                counts["changed" if t.in_base else "new"] += 1
+            elif first_failure is None:
+                first_failure = f"{rec.path}: {rec.reason}"
+            if progress is not None:
+                progress(done, len(todo), t.rel)
+            if len(pending) >= commit_every or time.monotonic() - last_commit >= commit_seconds:
+                commit()
+    except BaseException:
+        # Interrupted (Ctrl-C, or an error that is not one file's): keep what was done, so
+        # the next run resumes from it; the live generation is untouched either way.
+        try:
+            commit()
+        except Exception:  # noqa: BLE001 - the original interruption is what matters
+            pass
+        raise
+    commit()
+    if not any(r.status == "ok" for r in keep) and not counts["ranked_new"]:
+        raise InputError(f"{src}: none of the {len(files)} files could be indexed"
+                         + (f" ({first_failure})" if first_failure else ""))
+
+    base_ok_gone = {r.path for r in base_recs if r.status == "ok" and r.path not in scanned}
+    removed = len(base_ok_gone - moved_from)
+    published, name, m = _publish(run, base, base_name, journal, delete, precision, root, hub_spec, damaged)
+    return _report(run, m, name, published, counts, removed, stats["seconds"], t0)
+
+
+def _report(run: _Run, m: GenerationManifest | None, name: str | None, published: bool, counts, removed: int,
+            seconds: float, t0: float) -> BuildReport:
+    from .reader import Library
+
+    lib = Library.open(run.lib_dir)
+    try:
+        windows = 0
+        for seg in lib.segments:
+            windows += sum(r[1] for r in seg.live_records("id, window_count", "status = 'ok'"))
+        return BuildReport(run.lib_dir, run.kind, len(lib), windows, counts["new"], counts["changed"],
+                           counts["unchanged"], counts["moved"], removed, tuple(lib.failures()), seconds,
+                           time.monotonic() - t0, tuple(lib.silent()), counts["resumed"], lib.manifest.generation,
+                           published, run.bytes_written, len(lib.segments), lib.meta.ann_recall_at_10)
+    finally:
+        lib.close()
+
+
+# -- merging -------------------------------------------------------------------------------------
+def _tier(ref: SegmentRef) -> int:
+    return int(math.log10(max(ref.live_records, 1)))
+
+
+def plan_merges(refs: Sequence[SegmentRef]) -> list[list[SegmentRef]]:
+    """Groups of segments to rewrite as one: a tier (same order of magnitude of live records)
+    that has reached ``MERGE_FACTOR`` segments, and any segment more than half deleted."""
+    groups = [[r] for r in refs if r.deleted_count > COMPACT_DELETED_SHARE * r.records]
+    in_groups = {r.id for g in groups for r in g}
+    tiers: dict[int, list[SegmentRef]] = defaultdict(list)
+    for r in refs:
+        if r.id not in in_groups:
+            tiers[_tier(r)].append(r)
+    groups += [g for _, g in sorted(tiers.items()) if len(g) >= MERGE_FACTOR]
+    return groups
+
+
+def _merge(run: _Run, group: Sequence[SegmentRef]) -> SegmentRef | None:
+    """Rewrite the live records of ``group`` as one new segment (None if none is live)."""
+    records: list[NewRecord] = []
+    for ref in group:
+        seg = run.open(ref)
+        for r in seg.live_records("id, path, size, mtime_ns, content_sha256, status, reason, duration, vec, moods, "
+                                  "top_mood, genres"):
+            ok = r[5] == "ok"
+            records.append(NewRecord(r[1], int(r[2]), int(r[3]), r[4], r[5], r[6], r[7],
+                                     copy_from=(seg, int(r[8])) if ok else None,
+                                     tags=(r[9], r[10], r[11]) if ok else None))
+    return run.write(records) if records else None
+
+
+def _apply_merges(run: _Run, refs: list[SegmentRef]) -> list[SegmentRef]:
+    """Merge until no group is left; a merged segment takes its first member's place."""
+    while True:
+        groups = plan_merges(refs)
+        if not groups:
+            return refs
+        for g in groups:
+            merged = _merge(run, g)
+            ids = {r.id for r in g}
+            at = next(i for i, r in enumerate(refs) if r.id in ids)
+            rest = [r for r in refs if r.id not in ids]
+            refs = rest[:at] + ([merged] if merged is not None else []) + rest[at:]
+
+
+def _merge_new_segments(run: _Run) -> None:
+    """While building: merge this run's own committed segments by tier, so a long first
+    build leaves a logarithmic number of segments (older journal segments may hold
+    records this run deletes; they are merged at publication)."""
+    if not plan_merges(run.new_since_start):
+        return
+    old = [r for r in run.journal_segments if r not in run.new_since_start]
+    merged = _apply_merges(run, list(run.new_since_start))
+    run.new_since_start = merged
+    run.journal_segments = old + merged
+
+
+# -- publishing ---------------------------------------------------------------------------------------
+def _publish(run: _Run, base, base_name, journal, delete: set[tuple[int, int]], precision, root: RootRef,
+             hub_spec: HubSpec | None, damaged: list[str]) -> tuple[bool, str | None, GenerationManifest | None]:
+    gen_no = (base.generation if base is not None else _max_generation(run.lib_dir)) + 1
+    refs: list[SegmentRef] = []
+    by_seg: dict[int, list[int]] = defaultdict(list)
+    for seg_id, rid in delete:
+        by_seg[seg_id].append(rid)
+    for ref in [r for r in (base.segments if base else ()) if r.id in run.opened] + run.journal_segments:
+        seg = run.opened.get(ref.id) or run.open(ref)
+        new_ids = by_seg.get(ref.id)
+        if new_ids:
+            ids = np.union1d(seg.deleted_ids, np.asarray(new_ids, np.int64))
+            n_vec = seg.db.execute("SELECT COUNT(*) FROM records WHERE vec >= 0 AND id IN "
+                                   "(SELECT value FROM json_each(?))", (str(ids.tolist()),)).fetchone()[0]
+            ref = write_deleted(run.seg_dir, ref, ids, n_vec, gen_no)
+            run.bytes_written += ref.deleted.bytes
+            run.opened[ref.id] = OpenSegment(run.seg_dir, ref, kind=run.kind, dim=run.dim,
+                                             bundle_fingerprint=run.fingerprint)
+            seg.close()
+        if ref.live_records > 0:
+            refs.append(ref)
+    refs = _apply_merges(run, refs)
+    refs = [_with_hub(run, r) for r in refs]
+    refs, ann = _with_ann(run, refs, hub_spec, base)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    m = GenerationManifest(gen_no, run.kind, run.fingerprint, run.bundle.manifest.model.name, run.dim, precision,
+                           root, base.created if base else now, now,
+                           LOUDNESS_FLOOR_DBFS if run.kind == "music" else None,
+                           MAX_TRACK_SECONDS if run.kind == "music" else None,
+                           tuple(refs), run.next_segment, hub_spec, ann)
+    if base is not None and not damaged and journal is None and not run.journal_segments \
+            and m.content_key() == base.content_key():
+        collect_garbage(run.lib_dir)
+        return False, base_name, base  # nothing changed: no new generation, nothing written
+    name = generation_name(gen_no)
+    run.bytes_written += write_json_atomic(run.lib_dir / name, m.to_dict())
+    fsync_dir(run.seg_dir)
+    run.bytes_written += write_atomic(run.lib_dir / CURRENT_NAME, (name + "\n").encode())  # the commit point
+    fsync_dir(run.lib_dir)
+    (run.lib_dir / JOURNAL_NAME).unlink(missing_ok=True)
+    run.close()  # our own handles must not keep files alive (Windows)
+    collect_garbage(run.lib_dir)
+    return True, name, m
+
+
+def _max_generation(lib_dir: Path) -> int:
+    nums = [int(m.group(1)) for p in lib_dir.iterdir() if (m := GEN_RE.match(p.name) or OLD_GEN_RE.match(p.name))]
+    return max(nums, default=0)
+
+
+def _with_hub(run: _Run, ref: SegmentRef) -> SegmentRef:
+    """The segment with hub terms for the current reference set (written if missing)."""
+    if run.hub is None:
+        return replace(ref, hub=None, hub_key="") if ref.hub is not None else ref
+    if ref.hub_key == run.hub.key or ref.vectors == 0:
+        return ref
+    seg = run.open(ref)
+    f = write_vector_file(run.seg_dir, hub_file_name(ref.id, run.hub.key), run.hub.terms(seg.pooled))
+    run.bytes_written += f.bytes
+    return replace(ref, hub=f, hub_key=run.hub.key)
+
+
+def _ann_key(run: _Run) -> str:
+    return f"hnsw-m{ANN_M}-{run.hub.key[:16] if run.hub else 'nohub'}-w{run.hub.weight if run.hub else 0:g}"
+
+
+def _with_ann(run: _Run, refs: list[SegmentRef], hub_spec, base) -> tuple[list[SegmentRef], AnnSpec | None]:
+    """FAISS indexes for large segments (built now, at index time, only for segments that
+    lack one for the current hub terms), and recall@10 against exact search."""
+    from ..search import faiss_available
+
+    if not faiss_available():
+        return [replace(r, ann=None, ann_key="") for r in refs], None
+    key = _ann_key(run)
+    out, built = [], False
+    for ref in refs:
+        if ref.vectors < ANN_MIN_SEGMENT_ROWS:
+            out.append(replace(ref, ann=None, ann_key="") if ref.ann is not None else ref)
+            continue
+        if ref.ann is None or ref.ann_key != key:
+            seg = run.open(ref)
+            name = f"{segment_prefix(ref.id)}.{key}.hnsw"
+            bias = None if seg.hub is None or run.hub is None else (run.hub.weight * seg.hub).astype(np.float32)
+            build_ann(seg.pooled, bias, run.seg_dir / name)
+            p = run.seg_dir / name
+            f = FileRef(name, p.stat().st_size, sha256_file(p))
+            run.bytes_written += f.bytes
+            ref = replace(ref, ann=f, ann_key=key)
+            built = True
+        out.append(ref)
+    if not any(r.ann is not None for r in out):
+        return out, None
+    if not built and base is not None and base.ann is not None and [r.ann for r in out] == \
+            [r.ann for r in base.segments if r.id in {o.id for o in out}] and base.ann.recall_at_10 is not None \
+            and [r.id for r in out] == [r.id for r in base.segments]:
+        return out, base.ann
+    parts = []
+    base_row = 0
+    from ..search import FaissIndex
+
+    for ref in out:
+        seg = run.open(ref)
+        bias = None if seg.hub is None or not run.hub else (run.hub.weight * seg.hub).astype(np.float32)
+        ann = FaissIndex.load(run.seg_dir / ref.ann.name) if ref.ann is not None else None
+        parts.append(IndexPart(seg.pooled, bias, seg.deleted_vecs, base_row, ann))
+        base_row += seg.live_count
+    index = SegmentedIndex(parts, run.dim)
+    queries = recall_queries(index, run.hub.embeddings if run.hub else None)
+    recall = measure_recall(index, queries, 10)
+    return out, AnnSpec("hnsw", ANN_M, ANN_EF_SEARCH, ANN_MIN_SEGMENT_ROWS, round(recall, 4), len(queries))
