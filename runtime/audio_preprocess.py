@@ -11,7 +11,7 @@ samples, each mixed to mono and resampled as a stream, so neither the channel co
 the native rate multiplies memory; decoding stops after ``MAX_TRACK_SECONDS``; rates outside
 [``MIN_SAMPLE_RATE``, ``MAX_SAMPLE_RATE``] are refused before any sample is read. Peak
 memory is the output (at most MAX_TRACK_SECONDS x rate x 4 bytes, 159 MB at 44.1 kHz)
-plus one block (4 MB), whatever the file claims.
+plus a few blocks of 4 MB (decoded, mixed, resampled), whatever the file claims.
 
 ``window_loudness_dbfs`` measures each window's RMS level so the encoder can skip windows
 below ``LOUDNESS_FLOOR_DBFS`` (silence embeds to a meaningless vector that, in a real
@@ -150,7 +150,9 @@ def _decode(path: Path, sample_rate: int, max_seconds: float) -> np.ndarray:
         out = _Output(hint, out_cap)
         stream = (None if sr_in == sample_rate else
                   soxr.ResampleStream(sr_in, sample_rate, 1, dtype="float32", quality="HQ"))
-        block = max(256, _BLOCK_SAMPLES // channels)
+        # A block is at most _BLOCK_SAMPLES samples both as decoded (all channels) and once
+        # resampled (upsampling 8 kHz to 44.1 kHz multiplies it by 5.5).
+        block = max(256, min(_BLOCK_SAMPLES // channels, int(_BLOCK_SAMPLES * sr_in / sample_rate)))
         read = 0
         while read < frames_cap:
             data = f.read(min(block, frames_cap - read), dtype="float32", always_2d=True)
@@ -164,7 +166,7 @@ def _decode(path: Path, sample_rate: int, max_seconds: float) -> np.ndarray:
                 break
         if stream is not None:
             out.add(stream.resample_chunk(np.zeros(0, np.float32), last=True))
-        return out.result()
+        return out.result(), read / sr_in
 
 
 def load_audio(path: str | Path, sample_rate: int, max_seconds: float = MAX_TRACK_SECONDS) -> np.ndarray:
@@ -178,18 +180,17 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float = MAX_TRAC
     path = Path(path)
     _check_file(path)
     try:
-        wave = _decode(path, sample_rate, max_seconds)
+        wave, seconds_read = _decode(path, sample_rate, max_seconds)
     except InputError:
         raise
     except MemoryError:
         raise InputError(f"{path}: audio too large to decode in memory") from None
     except _DECODE_ERRORS as exc:
         raise InputError(f"{path}: not a readable audio file ({_first_line(exc)})") from None
-    if wave.shape[0] == 0:
+    if seconds_read == 0:
         raise InputError(f"{path}: audio file has no samples (zero length)")
     if wave.shape[0] < MIN_TRACK_SECONDS * sample_rate:
-        raise InputError(f"{path}: audio is {wave.shape[0] / sample_rate:.4f} s long, shorter than the "
-                         f"{MIN_TRACK_SECONDS} s minimum")
+        raise InputError(f"{path}: audio is {seconds_read:.5f} s long, shorter than the {MIN_TRACK_SECONDS} s minimum")
     # max/min rather than abs(): no temporary copy of a waveform that may be 159 MB
     if max(float(wave.max()), -float(wave.min())) < SILENCE_PEAK:
         raise SilentAudioError(f"{path}: audio is silent (every sample is zero)")

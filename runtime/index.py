@@ -46,12 +46,10 @@ def build_parser() -> Parser:
                         "centre crop)")
     p.add_argument("--rebuild", action="store_true",
                    help="ignore the existing library and embed everything again (needed after changing bundle)")
-    p.add_argument("--reference-pages", metavar="DIR", default=None,
-                   help="music only: folder of manga pages the hub correction is measured against, so that no "
-                        "track comes first for every page (default: the reference pages shipped with the package; "
-                        "with a real model, a few dozen pages like the ones you will query with)")
     p.add_argument("--no-hub-correction", action="store_true",
-                   help="music only: rank by the plain cosine (no reference pages are embedded)")
+                   help="music only: rank tracks by the plain cosine. By default the library stores the mean "
+                        "embedding of its tracks and ranks each track by its direction away from it, so that no "
+                        "track comes first for most pages (see the README, 'Hubs')")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     add_common_options(p)
     return p
@@ -64,7 +62,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = Path(args.out) if args.out else Path(args.source) / DEFAULT_OUT_NAME
     encoders = Encoders(args.bundle, device=args.device, precision=args.precision, threads=args.threads)
-    reference = False if args.no_hub_correction else args.reference_pages
     bars: list[Progress] = []
 
     def progress(done: int, total: int, note: str) -> None:
@@ -75,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         report = build_library(args.source, out, encoders, kind=args.kind, mode=args.mode, rebuild=args.rebuild,
-                               progress=progress, reference_pages=reference)
+                               progress=progress, hub_correction=not args.no_hub_correction)
     finally:
         for bar in bars:
             bar.close()

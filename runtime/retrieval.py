@@ -2,10 +2,10 @@
 
 page -> music (the product), text -> music, music -> pages (through a pages index built
 like a music library), music -> moods. A page and a track are compared by the cosine of
-the page embedding and the track's pooled embedding, less the track's hub term (how close
-it sits to pages in general, see ``runtime/library/hubs.py``) so that no track comes first
-for every page; text queries rank by the plain cosine. The track's best window (where to
-start playing) is the window closest to the page. Tags are zero-shot classification
+the page embedding and the track's direction away from the library's mean track (the hub
+correction, ``runtime/library/hubs.py``: without it one odd track came first for a quarter
+to a third of all pages and texts); ``TrackHit.cosine`` keeps the plain cosine. The track's
+best window (where to start playing) is the window closest to the page. Tags are zero-shot classification
 against the label embeddings precomputed in the bundle, so tagging a page needs no text
 encoder: softmax(image_text scale * cosine) for a page's genres and moods, and
 softmax(audio_text scale * cosine) for a track's moods.
@@ -43,7 +43,7 @@ class TrackHit:
     """A track that fits a query."""
 
     path: str
-    score: float  # what the ranking used: the cosine below, less the track's hub term for page queries
+    score: float  # what the ranking used: the cosine with the track's centred direction (hub correction)
     best_start_seconds: float  # start of the window closest to the query
     top_mood: str
     moods: Dist  # the track's own mood distribution, most likely first
@@ -186,7 +186,7 @@ class Retriever:
 
     def search_tracks(self, embeddings: np.ndarray, top_k: int = 10, correct: bool = True) -> list[tuple[TrackHit, ...]]:
         """Top-k tracks for each row of ``embeddings`` (unit vectors of any modality);
-        ``correct``: rank by the hub-corrected score (for page queries)."""
+        ``correct``: rank by the hub-corrected score (the default)."""
         if len(embeddings) == 0:
             return []
         lib = self.library
@@ -215,8 +215,7 @@ class Retriever:
     def query_text(self, text: str, top_k: int = 10) -> TextResult:
         """Free text -> fitting tracks."""
         emb = self.encoders.embed_texts([text])
-        # The hub terms are measured against pages; a text query is ranked by plain cosine.
-        return TextResult(text, self.search_tracks(emb, top_k, correct=False)[0])
+        return TextResult(text, self.search_tracks(emb, top_k)[0])
 
     # -- from a track ----------------------------------------------------------------------
     def _library_entry(self, track: Any) -> tuple[Library, TrackInfo] | None:

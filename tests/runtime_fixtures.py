@@ -552,12 +552,18 @@ class _SyntheticRecords:
 
 
 def synthetic_library(out: str | Path, bundle_dir: str | Path, n_tracks: int, windows_per_track: int = 8,
-                      seed: int = 0, segment_tracks: int | None = None) -> Path:
+                      seed: int = 0, segment_tracks: int | None = None, music_root: str | Path | None = None,
+                      centre: bool = False, ann: bool = False) -> Path:
     """A valid music library of ``n_tracks`` random unit vectors, written through the
     library's own segment writer (no audio, no encoder): for catalogue sizes that real
-    indexing would take days to reach. One segment (or one per ``segment_tracks``), no hub
-    correction; track paths point nowhere."""
+    indexing would take days to reach. One segment (or one per ``segment_tracks``); paths
+    ``trackNNNNNNN.mp3`` (size 0, mtime 0) under ``music_root`` (default: nowhere). With
+    ``centre``, the hub correction's centre, and with ``ann`` the approximate index, as the
+    indexer stores them (the index only where faiss is installed and the library is large
+    enough for the indexer to build one)."""
+    from runtime.audio_preprocess import LOUDNESS_FLOOR_DBFS, MAX_TRACK_SECONDS
     from runtime.bundle import Bundle
+    from runtime.library.builder import _centre, _Run, _with_ann, root_ref
     from runtime.library.schema import GenerationManifest, RootRef, generation_name
     from runtime.library.segments import write_segment
     from runtime.library.storage import write_json_atomic
@@ -575,8 +581,17 @@ def synthetic_library(out: str | Path, bundle_dir: str | Path, n_tracks: int, wi
         refs.append(write_segment(seg_dir, sid, recs, kind="music", dim=d, bundle_fingerprint=b.fingerprint,
                                   labels=b.manifest.label_set("moods"), genres=None,
                                   scale=b.manifest.logit_scales.audio_text, counts=(n, n * windows_per_track)))
-    m = GenerationManifest(1, "music", b.fingerprint, b.manifest.model.name, d, "int8", RootRef(None, "/synthetic"),
-                           "synthetic", "synthetic", None, None, tuple(refs), len(refs))
+    hub_spec = ann_spec = None
+    if centre or ann:
+        run = _Run(out, seg_dir, "music", d, b.fingerprint, b, centre, [], len(refs), "")
+        hub_spec, c = _centre(run, refs)
+        if ann:
+            refs, ann_spec = _with_ann(run, refs, c, None)
+        run.close()
+    root = root_ref(out, Path(music_root).resolve()) if music_root is not None else RootRef(None, "/synthetic")
+    m = GenerationManifest(1, "music", b.fingerprint, b.manifest.model.name, d, "int8", root,
+                           "synthetic", "synthetic", LOUDNESS_FLOOR_DBFS, MAX_TRACK_SECONDS, tuple(refs), len(refs),
+                           hub_spec, ann_spec)
     write_json_atomic(out / generation_name(1), m.to_dict())
     (out / "CURRENT").write_text(generation_name(1) + "\n")
     return out

@@ -10,6 +10,7 @@ import os
 import shutil
 import sqlite3
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,7 +88,7 @@ def test_files_on_disk_are_what_the_docs_say(world):  # noqa: F811
     d = manifest_of(world.library)
     m = GenerationManifest.from_dict(d, cur)  # the writer produces what the reader accepts
     assert d["format"] == "manga-music-library" and d["schema_version"] == 2 and d["window_dtype"] == "float16"
-    assert m.kind == "music" and m.loudness_floor_dbfs == -60.0 and m.hub is not None and m.hub.method == "csls"
+    assert m.kind == "music" and m.loudness_floor_dbfs == -60.0 and m.hub is not None and m.hub.method == "track-centring"
     assert m.root.absolute == str(world.music.resolve()) and m.root.relative == "../music"
     seg_dir = world.library / "segments"
     for ref in m.segments:
@@ -137,16 +138,20 @@ def test_a_root_named_with_a_pipe_resolves(world, tmp_path, enc):  # noqa: F811
 def test_root_across_windows_drives_is_stored_absolute(world, tmp_path, enc, monkeypatch):  # noqa: F811
     """os.path.relpath raises ValueError across Windows drives: the root is then stored
     absolute only, decided before any embedding (it used to fail after all the work)."""
-    music = shutil.copytree(world.music, tmp_path / "music")
+    music = shutil.copytree(world.music, tmp_path / "C" / "music")
+    real = os.path.relpath
 
-    def relpath(*a, **k):
-        raise ValueError("path is on mount 'D:', start on mount 'C:'")
+    def relpath(path, start=os.curdir):
+        drive = lambda p: Path(p).resolve().relative_to(tmp_path.resolve()).parts[0]  # noqa: E731
+        if drive(path) != drive(start):
+            raise ValueError("path is on mount 'C:', start on mount 'D:'")
+        return real(path, start)
     monkeypatch.setattr("runtime.library.builder.os.path.relpath", relpath)
-    report = build_library(music, tmp_path / "lib", enc, progress=False)
+    report = build_library(music, tmp_path / "D" / "lib", enc, progress=False)
     assert report.tracks == 5
-    root = manifest_of(tmp_path / "lib")["root"]
+    root = manifest_of(tmp_path / "D" / "lib")["root"]
     assert root == {"relative": None, "absolute": str(music.resolve())}
-    with Library.open(tmp_path / "lib") as lib:
+    with Library.open(tmp_path / "D" / "lib") as lib:
         assert lib.meta.root == music.resolve() and all(i.path.is_file() for i in lib.all_tracks())
 
 
@@ -275,8 +280,9 @@ def _edit_manifest(lib, change):
     (lambda lib: _edit_manifest(lib, lambda d: d.pop("segments")), "missing field 'segments'"),
     (lambda lib: _edit_manifest(lib, lambda d: d.update(schema_version=99)), "library format 99"),
     (lambda lib: _edit_manifest(lib, lambda d: d.update(generation=7)), "not the one its file name says"),
-    (lambda lib: _edit_manifest(lib, lambda d: d["hub"].update(weight=float("nan"))), "hub.weight"),
-    (lambda lib: _edit_manifest(lib, lambda d: d["hub"].update(weight=5)), "hub.weight"),
+    (lambda lib: _edit_manifest(lib, lambda d: d["hub"].update(min_norm=float("nan"))), "hub.min_norm"),
+    (lambda lib: _edit_manifest(lib, lambda d: d["hub"].update(method="magic")), "hub.method"),
+    (lambda lib: _edit_manifest(lib, lambda d: d["hub"]["centre"].update(name="/etc/passwd")), "hub.centre.name"),
     (lambda lib: _edit_manifest(lib, lambda d: d["segments"][0]["files"]["db"].update(name="../../x.db")),
      r"files.db.name: unexpected value"),
     (lambda lib: _edit_manifest(lib, lambda d: d["segments"][0].update(records=-1)), "records: expected an integer"),
@@ -392,31 +398,35 @@ def test_exact_index_matches_a_full_sort(monkeypatch):
 
 
 def test_segmented_index_equals_exact_search_over_the_live_rows(monkeypatch):
-    """Several segments, deleted rows, hub terms: the same answer as one matrix product
-    over the live rows with the corrected scores, in library row numbers."""
+    """Several segments, deleted rows, a centre: the same answer as one matrix product over
+    the live rows with the centred, renormalised tracks, in library row numbers."""
+    from runtime.library import hubs
     from runtime.library import search_index as si
 
     rng = np.random.default_rng(3)
-    mats = [l2_normalise(rng.standard_normal((n, 8))) for n in (50, 7, 120)]
+    mats = [l2_normalise(rng.standard_normal((n, 8)) + 2.0) for n in (50, 7, 120)]  # a cone, like real tracks
     deleted = [np.array([0, 3, 49]), np.array([], np.int64), np.arange(0, 120, 2)]
-    bias = [rng.uniform(0, 0.3, len(m)).astype(np.float32) for m in mats]
-    parts, base = [], 0
-    for m, d, b in zip(mats, deleted, bias):
-        parts.append(si.IndexPart(m, b, d.astype(np.int64), base))
-        base += len(m) - len(d)
     live = [np.setdiff1d(np.arange(len(m)), d) for m, d in zip(mats, deleted)]
     flat = np.concatenate([m[lv] for m, lv in zip(mats, live)])
-    flat_bias = np.concatenate([b[lv] for b, lv in zip(bias, live)])
+    centre, count = hubs.centre_of(m[lv] for m, lv in zip(mats, live))
+    assert count == len(flat) and np.allclose(centre, flat.mean(0), atol=1e-6)
+    parts, base = [], 0
+    for m, d in zip(mats, deleted):
+        parts.append(si.IndexPart(m, hubs.inverse_norms(m, centre), d.astype(np.int64), base))
+        base += len(m) - len(d)
     q = l2_normalise(rng.standard_normal((4, 8)))
     monkeypatch.setattr(si, "_CHUNK_ROWS", 32)  # chunk borders inside segments
-    for correct in (True, False):
-        hits = si.SegmentedIndex(parts, 8).search(q, 9, correct=correct)
-        s = q @ flat.T - (flat_bias if correct else 0)
-        expect = np.argsort(-s, axis=1)[:, :9]
+    centred = hubs.centred_rows(flat, centre)
+    np.testing.assert_allclose(np.linalg.norm(centred, axis=1), 1.0, atol=1e-5)
+    index = si.SegmentedIndex(parts, 8, centre)
+    for correct, expect_scores in ((True, q @ centred.T), (False, q @ flat.T)):
+        hits = index.search(q, 9, correct=correct)
+        expect = np.argsort(-expect_scores, axis=1)[:, :9]
         assert np.array_equal(hits.ids, expect)
-        np.testing.assert_allclose(hits.scores, np.take_along_axis(s, expect, 1), atol=1e-5)
-    assert len(si.SegmentedIndex(parts, 8)) == len(flat)
-    assert si.SegmentedIndex(parts, 8).search(q, 1000).ids.shape == (4, len(flat))
+        np.testing.assert_allclose(hits.scores, np.take_along_axis(expect_scores, expect, 1), atol=1e-5)
+        np.testing.assert_allclose(index.scores(q, correct=correct), expect_scores, atol=1e-5)
+    assert len(index) == len(flat)
+    assert index.search(q, 1000).ids.shape == (4, len(flat))
 
 
 def test_faiss_is_optional_and_says_so(monkeypatch, tmp_path):

@@ -44,12 +44,13 @@ def test_page_result_is_ranked_tagged_and_located(retriever, world):  # noqa: F8
     # moods: all 7, same page embedding, same (image_text) scale, summing to 1
     assert len(res.moods) == 7 and sum(p for _, p in res.moods) == pytest.approx(1, abs=1e-5)
     assert [p for _, p in res.moods] == sorted((p for _, p in res.moods), reverse=True)
-    # tracks: by cosine with the pooled embedding less weight x the track's hub term;
-    # best start = the closest window
+    # tracks: by cosine with each track's direction away from the library's mean track
+    # (the hub correction); best start = the closest window
     lib = Library.open(world.library)
     cos = lib.tracks @ page
-    assert lib.hub_weight > 0 and np.ptp(lib.hub_terms()) > 0  # the correction is on and not constant
-    score = cos - lib.hub_weight * lib.hub_terms()
+    centred = lib.tracks - lib.centre
+    score = (centred @ page) / np.linalg.norm(centred, axis=1)
+    assert np.allclose(lib.centre, np.mean(lib.tracks, axis=0), atol=1e-6)
     assert [t.path for t in res.tracks] == [str(lib.track(int(i)).path) for i in np.argsort(-score)[:3]]
     for t in res.tracks:
         info = lib.find(t.path)
@@ -78,8 +79,13 @@ def test_text_to_music(retriever):
     res = retriever.query_text("sad piano", top_k=4)
     assert res.text == "sad piano" and len(res.tracks) == 4
     assert [t.score for t in res.tracks] == sorted((t.score for t in res.tracks), reverse=True)
-    # text is ranked by the plain cosine: the hub terms are measured against pages
-    assert all(t.score == pytest.approx(t.cosine, abs=1e-6) for t in res.tracks)
+    # ranked by the corrected score; the plain cosine rides along
+    with Library.open(retriever.library.dir) as lib:
+        emb = retriever.encoders.embed_texts(["sad piano"])
+        expect = lib.scores(emb)[0]
+        assert [t.path for t in res.tracks] == [str(lib.track(int(i)).path) for i in np.argsort(-expect)[:4]]
+        assert all(t.cosine == pytest.approx(float(lib.pooled(lib.find(t.path).row) @ emb[0]), abs=1e-5)
+                   for t in res.tracks)
 
 
 def test_music_to_moods_and_pages(retriever, world):  # noqa: F811

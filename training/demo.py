@@ -89,8 +89,6 @@ class DemoConfig:
     crop_frames: int = 196  # audio trained on ~2.5 s spectrogram crops (the trunk pools over time)
     tracks_per_mood: int = 2
     example_pages_per_genre: int = 1
-    # The music library's hub correction measures each track against these (runtime/library/hubs.py).
-    reference_pages_per_genre: int = 2
     threads: int = 2
 
     @classmethod
@@ -305,9 +303,8 @@ def build_demo(out: Path, cfg: DemoConfig, work: Path | None = None) -> dict:
 
             write_music_library(staging / "music", cfg.tracks_per_mood, cfg.seed + 1)
             write_example_pages(staging / "pages", cfg.example_pages_per_genre, cfg.seed + 1)
-            write_reference_pages(staging / "reference_pages", cfg.reference_pages_per_genre, cfg.seed + 2)
             _keep_unchanged_audio(staging / "music", out / "music")
-            for name in ("bundle", "music", "pages", "reference_pages"):
+            for name in ("bundle", "music", "pages"):
                 _replace(staging / name, out / name)
             bundle = Bundle.load(out / "bundle")
             encoders = Encoders(bundle, device="cpu", precision="int8", threads=cfg.threads)
@@ -315,8 +312,7 @@ def build_demo(out: Path, cfg: DemoConfig, work: Path | None = None) -> dict:
             _say(f"held-out zero-shot accuracy (int8 bundle, runtime): {report['bundle_accuracy']}")
             # Built in place (the library's own writes are atomic) so the stored music root
             # is relative to its final folder; rebuild=True because the bundle is new.
-            build_library(out / "music", out / "library", encoders, rebuild=True, progress=False,
-                          reference_pages=out / "reference_pages")
+            build_library(out / "music", out / "library", encoders, rebuild=True, progress=False)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         report["seconds"] = round(time.time() - t0, 1)
@@ -325,22 +321,6 @@ def build_demo(out: Path, cfg: DemoConfig, work: Path | None = None) -> dict:
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def write_reference_pages(root: Path, n_per_genre: int, seed: int) -> Path:
-    """Pages the music library's hub correction is measured against: made like the example
-    pages but from their own seed, so they are never the pages anyone queries with; saved
-    at JPEG quality 75 (they ship inside the package)."""
-    from PIL import Image
-
-    from .synthetic.layouts import write_example_pages
-
-    write_example_pages(root, n_per_genre, seed)
-    for path in sorted(root.glob("*.jpg")):
-        with Image.open(path) as img:
-            img.load()
-        img.save(path, quality=75)
-    return root
 
 
 def _replace(src: Path, dst: Path) -> None:

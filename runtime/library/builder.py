@@ -24,6 +24,7 @@ writes nothing and publishes no generation.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -40,15 +41,15 @@ from ..bundle import sha256_file
 from ..encoders import TrackEmbedding
 from ..errors import InputError, LibraryError, SilentAudioError
 from . import hubs
-from .records import BuildReport, Failure, SilentTrack, check_relpath
+from .records import BuildReport, check_relpath
 from .schema import (CURRENT_NAME, GC_LOCK_NAME, GEN_RE, JOURNAL_NAME, KINDS, LEASES_DIR, LOCK_NAME, OLD_GEN_RE,
                      SEGMENTS_DIR, AnnSpec, FileRef, GenerationManifest, HubSpec, Journal, RootRef, SegmentRef,
                      generation_name, segment_prefix)
-from .scanning import extensions, scan_tree
-from .search_index import (ANN_EF_SEARCH, ANN_M, ANN_MIN_SEGMENT_ROWS, SegmentedIndex, IndexPart, build_ann,
-                           measure_recall, recall_queries)
-from .segments import (EmbeddingCheckError, NewRecord, OpenSegment, check_embeddings, hub_file_name,
-                       write_deleted, write_segment, write_vector_file)
+from .scanning import extensions, scan_entries
+from . import search_index
+from .search_index import ANN_EF_SEARCH, ANN_M, IndexPart, SegmentedIndex, build_ann, measure_recall, recall_queries
+from .segments import (EmbeddingCheckError, NewRecord, OpenSegment, check_embeddings, write_deleted,
+                       write_segment, write_vector_file)
 from .storage import (WriterLock, collect_garbage, fsync_dir, read_current_name, read_journal, read_manifest,
                       write_atomic, write_json_atomic)
 
@@ -108,7 +109,7 @@ class _Run:
     dim: int
     fingerprint: str
     bundle: object
-    hub: hubs.Reference | None
+    centring: bool  # store a centre for the hub correction
     journal_segments: list[SegmentRef]
     next_segment: int
     root_abs: str
@@ -128,15 +129,13 @@ class _Run:
         ref = write_segment(self.seg_dir, self.next_segment, records, kind=self.kind, dim=self.dim,
                             bundle_fingerprint=self.fingerprint, labels=m.label_set("moods"),
                             genres=m.label_set("genres") if self.kind == "pages" else None,
-                            scale=m.logit_scales.audio_text if self.kind == "music" else m.logit_scales.image_text,
-                            hub=self.hub)
+                            scale=m.logit_scales.audio_text if self.kind == "music" else m.logit_scales.image_text)
         self.next_segment += 1
         self.bytes_written += sum(f.bytes for f in ref.all_files())
         return ref
 
     def save_journal(self) -> None:
-        j = Journal(self.kind, self.fingerprint, self.root_abs, tuple(self.journal_segments), self.next_segment,
-                    self.hub.key if self.hub else "")
+        j = Journal(self.kind, self.fingerprint, self.root_abs, tuple(self.journal_segments), self.next_segment)
         self.bytes_written += write_json_atomic(self.lib_dir / JOURNAL_NAME, j.to_dict())
 
     def close(self) -> None:
@@ -149,16 +148,16 @@ class _Run:
 def build_library(source: str | Path, out: str | Path, encoders, kind: str = "music", mode: str | None = None,
                   rebuild: bool = False, progress: ProgressFn | bool | None = None,
                   on_file: Callable[[Path], None] | None = None, *, embed_file: EmbedFile | None = None,
-                  reference_pages: str | Path | Sequence[str | Path] | bool | None = None,
-                  commit_every: int = COMMIT_EVERY, commit_seconds: float = COMMIT_SECONDS) -> BuildReport:
+                  hub_correction: bool = True, commit_every: int = COMMIT_EVERY,
+                  commit_seconds: float = COMMIT_SECONDS) -> BuildReport:
     """Index every file of ``kind`` under ``source`` into the library folder ``out``.
 
     ``progress``: a callable ``(done, total, note)`` called after each file (the CLI draws
     its bar with it); False/None: silent. ``on_file``: called with each path just before it
     is embedded (tests use it to fail or stop mid-build). ``embed_file``: path ->
-    ``TrackEmbedding`` (default: ``default_embedder``). ``reference_pages``: the pages the
-    hub correction is measured against (a folder or files; None: the shipped set; False:
-    no correction). Raises ``InputError`` for a bad source or output folder, and
+    ``TrackEmbedding`` (default: ``default_embedder``). ``hub_correction``: store the
+    library's centre so tracks are ranked by their centred cosine (music only; see
+    ``hubs.py``). Raises ``InputError`` for a bad source or output folder, and
     ``LibraryError`` for a library built with another bundle (unless ``rebuild``); nothing
     else a single file does stops the build.
     """
@@ -180,9 +179,9 @@ def build_library(source: str | Path, out: str | Path, encoders, kind: str = "mu
     # Before any work: where paths will be stored from (a Windows relpath across drives
     # fails here, not after hours of embedding).
     root = root_ref(lib_dir, src)
-    files, problems = scan_tree(src, kind, skip=[lib_dir])
-    if any(p == src for p, _ in problems):
-        raise InputError(f"{src}: {dict(problems)[src]}")
+    files, problems = scan_entries(src, kind, skip=[lib_dir])
+    if any(rel == "." for rel, _ in problems):
+        raise InputError(f"{src}: {dict(problems)['.']}")
     if not files:
         exts = extensions(kind)
         what = "audio" if kind == "music" else "image"
@@ -191,8 +190,6 @@ def build_library(source: str | Path, out: str | Path, encoders, kind: str = "mu
     # Resolve now: a precision the bundle lacks fails before any work, not after an hour.
     precision = encoders.precision("audio" if kind == "music" else "image").precision
     embed = embed_file or default_embedder(encoders, kind, mode)
-    use_hub = kind == "music" and reference_pages is not False
-    ref_files = hubs.reference_files(None if reference_pages in (None, True) else reference_pages) if use_hub else None
     report_progress = progress if callable(progress) else None
     lib_dir.mkdir(parents=True, exist_ok=True)
     (lib_dir / SEGMENTS_DIR).mkdir(exist_ok=True)
@@ -213,13 +210,12 @@ def build_library(source: str | Path, out: str | Path, encoders, kind: str = "mu
         if journal is not None and (rebuild or journal.kind != kind or journal.bundle_fingerprint != bundle.fingerprint
                                     or journal.root_absolute != root.absolute):
             journal = None  # another build's leftovers: collected after publishing
-        hub, hub_spec, ref_bytes = _reference(lib_dir, encoders, mode, ref_files, base)
-        run = _Run(lib_dir, lib_dir / SEGMENTS_DIR, kind, bundle.embed_dim, bundle.fingerprint, bundle, hub,
-                   list(journal.segments) if journal else [], _next_segment_id(lib_dir, base, journal),
-                   root.absolute, bytes_written=ref_bytes)
+        run = _Run(lib_dir, lib_dir / SEGMENTS_DIR, kind, bundle.embed_dim, bundle.fingerprint, bundle,
+                   hub_correction and kind == "music", list(journal.segments) if journal else [],
+                   _next_segment_id(lib_dir, base, journal), root.absolute)
         try:
             return _build(run, src, files, problems, base, base_name, journal, embed, on_file, report_progress,
-                          commit_every, commit_seconds, precision, root, hub_spec, t0)
+                          commit_every, commit_seconds, precision, root, t0)
         finally:
             run.close()
 
@@ -262,28 +258,6 @@ def _next_segment_id(lib_dir: Path, base, journal) -> int:
     return n
 
 
-def _reference(lib_dir: Path, encoders, mode, ref_files, base) -> tuple[hubs.Reference | None, HubSpec | None, int]:
-    """The hub reference set (and bytes written for it): reused from the base generation when
-    nothing it depends on changed (no image encoder needed), else embedded now and saved."""
-    if ref_files is None:
-        return None, None, 0
-    files, desc = ref_files
-    key = hubs.reference_key(encoders.bundle.fingerprint, files, mode, hubs.HUB_K)
-    seg_dir = lib_dir / SEGMENTS_DIR
-    if base is not None and base.hub is not None and base.hub.key == key:
-        try:
-            emb = np.load(seg_dir / base.hub.reference.name, allow_pickle=False)
-            if emb.dtype == np.float32 and emb.shape == (base.hub.count, encoders.dim) and np.all(np.isfinite(emb)):
-                return hubs.Reference(key, emb, hubs.HUB_K, hubs.HUB_WEIGHT, desc), base.hub, 0
-        except (OSError, ValueError):
-            pass
-    emb = hubs.embed_reference(encoders, files, mode)
-    check_embeddings(emb, "reference pages")
-    ref_file = write_vector_file(seg_dir, f"ref-{key[:16]}.npy", emb)
-    return (hubs.Reference(key, emb, hubs.HUB_K, hubs.HUB_WEIGHT, desc),
-            HubSpec(hubs.METHOD, hubs.HUB_K, hubs.HUB_WEIGHT, key, ref_file, len(emb), desc), ref_file.bytes)
-
-
 # -- planning ------------------------------------------------------------------------------------
 def _records_of(run: _Run, refs: Sequence[SegmentRef], from_journal: bool, damaged: list[str]) -> list[_Rec]:
     out = []
@@ -300,11 +274,11 @@ def _records_of(run: _Run, refs: Sequence[SegmentRef], from_journal: bool, damag
     return out
 
 
-def _stat_key(path: Path) -> tuple[int, int]:
+def _stat_key(path: Path | str) -> tuple[int, int]:
     """(size, mtime_ns) of what the path points to; (0, 0) when it cannot be stat'ed (a
     link loop, a dangling link), which is also how its failure record is stored."""
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return 0, 0
     return st.st_size, st.st_mtime_ns
@@ -313,9 +287,9 @@ def _stat_key(path: Path) -> tuple[int, int]:
 # -- per file -------------------------------------------------------------------------------------
 def _one_line(exc: BaseException, path: Path) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    for prefix in (f"{path}: ", f"{path.resolve()}: "):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
+    prefix = f"{path}: "  # the record names the file already
+    if text.startswith(prefix):
+        text = text[len(prefix):]
     if not isinstance(exc, (InputError, OSError, EmbeddingCheckError)):
         text = f"{type(exc).__name__}: {text}"
     return text[:500]
@@ -375,7 +349,7 @@ def _tags_of(rec: _Rec) -> tuple[str, str, str | None] | None:
 
 # -- the build ------------------------------------------------------------------------------------
 def _build(run: _Run, src: Path, files: list[Path], problems, base, base_name, journal, embed, on_file, progress,
-           commit_every, commit_seconds, precision, root: RootRef, hub_spec, t0) -> BuildReport:
+           commit_every, commit_seconds, precision, root: RootRef, t0) -> BuildReport:
     damaged: list[str] = []
     base_refs = list(base.segments) if base is not None else []
     base_recs = _records_of(run, base_refs, False, damaged)
@@ -388,7 +362,7 @@ def _build(run: _Run, src: Path, files: list[Path], problems, base, base_name, j
     for rec in base_recs + journal_recs:
         if rec.status == "ok":
             ok_by_sha.setdefault(rec.sha256, rec)
-    base_paths = {r.path for r in base_recs}
+    base_paths = {r.path for r in base_recs if r.status == "ok"}  # "changed" vs "new" is about ranked tracks
 
     # Plan: keep what matches, delete what is gone or replaced, handle the rest.
     keep: list[_Rec] = []
@@ -396,8 +370,7 @@ def _build(run: _Run, src: Path, files: list[Path], problems, base, base_name, j
     todo: list[_Todo] = []
     scanned: set[str] = set()
     pending: list[NewRecord] = []
-    for folder, reason in problems:
-        rel = folder.relative_to(src).as_posix()
+    for rel, reason in problems:
         scanned.add(rel)
         match = next((r for r in by_path.get(rel, ()) if (r.size, r.mtime_ns) == (0, 0) and r.status == "failed"), None)
         if match is not None:
@@ -405,20 +378,19 @@ def _build(run: _Run, src: Path, files: list[Path], problems, base, base_name, j
         else:
             pending.append(NewRecord(rel, 0, 0, "", "failed", reason))
         delete.update((r.seg.ref.id, r.id) for r in by_path.get(rel, ()) if r is not match)
-    for f in files:
-        rel = f.relative_to(src).as_posix()
+    for f, rel in files:
         try:
             check_relpath(rel)
         except LibraryError:
             continue  # a name no library can store (e.g. a backslash in a POSIX name)
         scanned.add(rel)
         stat_key = _stat_key(f)
-        cands = by_path.get(rel, [])
+        cands = by_path.get(rel, ())
         match = next((r for r in cands if (r.size, r.mtime_ns) == stat_key), None)
         if match is not None:
             keep.append(match)
         else:
-            todo.append(_Todo(f, rel, rel in base_paths))
+            todo.append(_Todo(Path(f), rel, rel in base_paths))
         delete.update((r.seg.ref.id, r.id) for r in cands if r is not match)
     for path, recs in by_path.items():
         if path not in scanned:
@@ -477,7 +449,7 @@ def _build(run: _Run, src: Path, files: list[Path], problems, base, base_name, j
 
     base_ok_gone = {r.path for r in base_recs if r.status == "ok" and r.path not in scanned}
     removed = len(base_ok_gone - moved_from)
-    published, name, m = _publish(run, base, base_name, journal, delete, precision, root, hub_spec, damaged)
+    published, name, m = _publish(run, base, base_name, journal, delete, precision, root, damaged)
     return _report(run, m, name, published, counts, removed, stats["seconds"], t0)
 
 
@@ -558,7 +530,7 @@ def _merge_new_segments(run: _Run) -> None:
 
 # -- publishing ---------------------------------------------------------------------------------------
 def _publish(run: _Run, base, base_name, journal, delete: set[tuple[int, int]], precision, root: RootRef,
-             hub_spec: HubSpec | None, damaged: list[str]) -> tuple[bool, str | None, GenerationManifest | None]:
+             damaged: list[str]) -> tuple[bool, str | None, GenerationManifest | None]:
     gen_no = (base.generation if base is not None else _max_generation(run.lib_dir)) + 1
     refs: list[SegmentRef] = []
     by_seg: dict[int, list[int]] = defaultdict(list)
@@ -579,8 +551,8 @@ def _publish(run: _Run, base, base_name, journal, delete: set[tuple[int, int]], 
         if ref.live_records > 0:
             refs.append(ref)
     refs = _apply_merges(run, refs)
-    refs = [_with_hub(run, r) for r in refs]
-    refs, ann = _with_ann(run, refs, hub_spec, base)
+    hub_spec, centre = _centre(run, refs)
+    refs, ann = _with_ann(run, refs, centre, base)
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     m = GenerationManifest(gen_no, run.kind, run.fingerprint, run.bundle.manifest.model.name, run.dim, precision,
                            root, base.created if base else now, now,
@@ -607,40 +579,51 @@ def _max_generation(lib_dir: Path) -> int:
     return max(nums, default=0)
 
 
-def _with_hub(run: _Run, ref: SegmentRef) -> SegmentRef:
-    """The segment with hub terms for the current reference set (written if missing)."""
-    if run.hub is None:
-        return replace(ref, hub=None, hub_key="") if ref.hub is not None else ref
-    if ref.hub_key == run.hub.key or ref.vectors == 0:
-        return ref
-    seg = run.open(ref)
-    f = write_vector_file(run.seg_dir, hub_file_name(ref.id, run.hub.key), run.hub.terms(seg.pooled))
-    run.bytes_written += f.bytes
-    return replace(ref, hub=f, hub_key=run.hub.key)
+def _centre(run: _Run, refs: list[SegmentRef]) -> tuple[HubSpec | None, np.ndarray | None]:
+    """The generation's centre (mean of its live pooled rows, a read of every row) and its
+    manifest entry; the file is named by its content, so an unchanged library names the
+    same file and writes nothing."""
+    if not run.centring:
+        return None, None
+    blocks = []
+    for ref in refs:
+        seg = run.open(ref)
+        blocks.append(seg.pooled if seg.live_vecs is None else seg.pooled[seg.live_vecs])
+    centre, count = hubs.centre_of(blocks)
+    if count < hubs.MIN_TRACKS:
+        return None, None
+    data = centre.tobytes()
+    name = f"centre-{hashlib.sha256(data).hexdigest()[:16]}.npy"
+    path = run.seg_dir / name
+    if not path.is_file():
+        write_vector_file(run.seg_dir, name, centre)
+        run.bytes_written += path.stat().st_size
+    return HubSpec(hubs.METHOD, FileRef(name, path.stat().st_size, sha256_file(path)), count,
+                   hubs.MIN_CENTRED_NORM), centre
 
 
-def _ann_key(run: _Run) -> str:
-    return f"hnsw-m{ANN_M}-{run.hub.key[:16] if run.hub else 'nohub'}-w{run.hub.weight if run.hub else 0:g}"
+def _ann_key(centre: np.ndarray | None) -> str:
+    return f"hnsw-m{ANN_M}-{'centred' if centre is not None else 'raw'}"
 
 
-def _with_ann(run: _Run, refs: list[SegmentRef], hub_spec, base) -> tuple[list[SegmentRef], AnnSpec | None]:
-    """FAISS indexes for large segments (built now, at index time, only for segments that
-    lack one for the current hub terms), and recall@10 against exact search."""
-    from ..search import faiss_available
+def _with_ann(run: _Run, refs: list[SegmentRef], centre: np.ndarray | None,
+              base) -> tuple[list[SegmentRef], AnnSpec | None]:
+    """FAISS indexes for large segments (built now, at index time, for segments that lack
+    one of the right kind; a segment keeps its index when the centre moves, candidates are
+    rescored exactly), and recall@10 against exact search."""
+    from ..search import FaissIndex, faiss_available
 
-    if not faiss_available():
-        return [replace(r, ann=None, ann_key="") for r in refs], None
-    key = _ann_key(run)
+    if not faiss_available() or sum(r.live_vectors for r in refs) < search_index.ANN_BUILD_FROM:
+        return [replace(r, ann=None, ann_key="") if r.ann is not None else r for r in refs], None
+    key = _ann_key(centre)
     out, built = [], False
     for ref in refs:
-        if ref.vectors < ANN_MIN_SEGMENT_ROWS:
+        if ref.vectors < search_index.ANN_MIN_SEGMENT_ROWS:
             out.append(replace(ref, ann=None, ann_key="") if ref.ann is not None else ref)
             continue
         if ref.ann is None or ref.ann_key != key:
-            seg = run.open(ref)
             name = f"{segment_prefix(ref.id)}.{key}.hnsw"
-            bias = None if seg.hub is None or run.hub is None else (run.hub.weight * seg.hub).astype(np.float32)
-            build_ann(seg.pooled, bias, run.seg_dir / name)
+            build_ann(run.open(ref).pooled, centre, run.seg_dir / name)
             p = run.seg_dir / name
             f = FileRef(name, p.stat().st_size, sha256_file(p))
             run.bytes_written += f.bytes
@@ -649,21 +632,21 @@ def _with_ann(run: _Run, refs: list[SegmentRef], hub_spec, base) -> tuple[list[S
         out.append(ref)
     if not any(r.ann is not None for r in out):
         return out, None
-    if not built and base is not None and base.ann is not None and [r.ann for r in out] == \
-            [r.ann for r in base.segments if r.id in {o.id for o in out}] and base.ann.recall_at_10 is not None \
-            and [r.id for r in out] == [r.id for r in base.segments]:
-        return out, base.ann
+    if not built and base is not None and base.ann is not None and base.ann.recall_at_10 is not None \
+            and [(r.id, r.ann, r.deleted) for r in out] == [(r.id, r.ann, r.deleted) for r in base.segments]:
+        return out, base.ann  # same indexes over the same rows: the measured recall stands
+    from .hubs import inverse_norms
+
     parts = []
     base_row = 0
-    from ..search import FaissIndex
-
     for ref in out:
         seg = run.open(ref)
-        bias = None if seg.hub is None or not run.hub else (run.hub.weight * seg.hub).astype(np.float32)
         ann = FaissIndex.load(run.seg_dir / ref.ann.name) if ref.ann is not None else None
-        parts.append(IndexPart(seg.pooled, bias, seg.deleted_vecs, base_row, ann))
+        inv = None if centre is None else inverse_norms(seg.pooled, centre)
+        parts.append(IndexPart(seg.pooled, inv, seg.deleted_vecs, base_row, ann))
         base_row += seg.live_count
-    index = SegmentedIndex(parts, run.dim)
-    queries = recall_queries(index, run.hub.embeddings if run.hub else None)
+    index = SegmentedIndex(parts, run.dim, centre)
+    queries = recall_queries(index)
     recall = measure_recall(index, queries, 10)
-    return out, AnnSpec("hnsw", ANN_M, ANN_EF_SEARCH, ANN_MIN_SEGMENT_ROWS, round(recall, 4), len(queries))
+    return out, AnnSpec("hnsw", ANN_M, ANN_EF_SEARCH, search_index.ANN_MIN_SEGMENT_ROWS, round(recall, 4),
+                        len(queries))

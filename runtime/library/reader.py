@@ -43,7 +43,7 @@ def resolve_root(lib_dir: Path, root: RootRef) -> Path:
 def _describe_hub(m: GenerationManifest) -> str:
     if m.hub is None:
         return ""
-    return f"{m.hub.method} k={m.hub.k} weight={m.hub.weight:g} ({m.hub.count} reference pages: {m.hub.source})"
+    return f"{m.hub.method} (centre of {m.hub.count} tracks)"
 
 
 class Library:
@@ -54,8 +54,9 @@ class Library:
     - ``lib.pooled_matrix()`` (alias ``lib.tracks``): float32 [N, D] pooled embeddings, row
       = ``TrackInfo.row``; ``lib.pooled(row)`` one row;
     - ``lib.windows_of(row)``: (float32 [W, D] window embeddings, float64 [W] start seconds);
-    - ``lib.hub_terms()``: float32 [N] hub term per row (zeros without correction);
+    - ``lib.centre``: the hub correction's centre (float32 [D]) or None;
     - ``lib.index.search(queries, k, correct=True)``: top-k rows (hub-corrected ranking);
+    - ``lib.scores(queries, correct=True)``: float32 [Q, N], every row's score;
     - ``lib.failures()``, ``lib.silent()``: files that were not ranked, and why;
     - ``lib.close()`` (or ``with``): releases the generation's lease.
     """
@@ -246,24 +247,29 @@ class Library:
         best = int(np.argmax(scores))
         return float(starts[best]), float(scores[best])
 
-    def hub_terms(self) -> np.ndarray:
-        """float32 [N]: each row's hub term (mean cosine to its nearest reference pages);
-        zeros when the library has no hub correction."""
-        parts = []
-        for s in self.segments:
-            h = s.hub if s.hub is not None else np.zeros(s.ref.vectors, np.float32)
-            parts.append(h if s.live_vecs is None else h[s.live_vecs])
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
-
-    @property
-    def hub_weight(self) -> float:
-        return 0.0 if self.manifest.hub is None else self.manifest.hub.weight
+    @cached_property
+    def centre(self) -> np.ndarray | None:
+        """The hub correction's centre: float32 [D] (the mean pooled embedding when this
+        generation was published), or None (pages, or correction off). A damaged centre
+        file means no correction, with a warning: the library still answers."""
+        hub = self.manifest.hub
+        if hub is None:
+            return None
+        try:
+            c = np.load(self.dir / SEGMENTS_DIR / hub.centre.name, allow_pickle=False)
+            if c.dtype != np.float32 or c.shape != (self.meta.embed_dim,) or not np.all(np.isfinite(c)):
+                raise ValueError("wrong type, shape or values")
+        except (OSError, ValueError, EOFError) as exc:
+            log.warning(f"{self.dir}: hub correction centre unusable ({exc}); ranking by plain cosine")
+            return None
+        return c
 
     def index_parts(self, with_ann: bool = True) -> list[IndexPart]:
         from ..search import FaissIndex
+        from .hubs import inverse_norms
 
         parts = []
-        w = self.hub_weight
+        c = self.centre
         for i, s in enumerate(self.segments):
             ann = None
             if with_ann and s.ref.ann is not None:
@@ -272,16 +278,22 @@ class Library:
                 except Exception as exc:  # noqa: BLE001 - a damaged index file: search exactly
                     log.warning(f"{self.dir}: approximate index of segment {s.ref.id} unusable ({exc}); "
                                 f"searching it exactly")
-            parts.append(IndexPart(s.pooled, None if s.hub is None or not w else (w * s.hub).astype(np.float32),
-                                   s.deleted_vecs, int(self._bases[i]), ann))
+            inv = None if c is None else inverse_norms(s.pooled, c)
+            parts.append(IndexPart(s.pooled, inv, s.deleted_vecs, int(self._bases[i]), ann))
         return parts
 
     @cached_property
     def index(self) -> SegmentedIndex:
         """The search index: exact per segment, or the saved FAISS indexes for a catalogue
-        past ``FAISS_THRESHOLD`` rows (never built here)."""
+        past ``FAISS_THRESHOLD`` rows (never built here). Its first use reads the pooled rows
+        once (1 / |t - c| per track for the hub correction)."""
         use_ann = should_use_ann(len(self)) and any(s.ref.ann is not None for s in self.segments)
-        return SegmentedIndex(self.index_parts(with_ann=use_ann), self.meta.embed_dim, use_ann=use_ann)
+        return SegmentedIndex(self.index_parts(with_ann=use_ann), self.meta.embed_dim, self.centre, use_ann=use_ann)
+
+    def scores(self, queries: np.ndarray, correct: bool = True) -> np.ndarray:
+        """float32 [Q, N]: each query's score for every track, in row order (exact): the
+        centred cosine the ranking uses, or with ``correct=False`` the plain cosine."""
+        return self.index.scores(queries, correct=correct)
 
     def verify(self) -> list[str]:
         """Hash every file of this generation against its manifest (reads everything);
@@ -291,7 +303,7 @@ class Library:
         for ref in self.manifest.segments:
             problems += [f"segment {ref.id}: {p}" for p in verify_files(seg_dir, ref.all_files())]
         if self.manifest.hub is not None:
-            problems += verify_files(seg_dir, [self.manifest.hub.reference])
+            problems += verify_files(seg_dir, [self.manifest.hub.centre])
         return problems
 
 

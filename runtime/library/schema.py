@@ -4,7 +4,7 @@ Three kinds of file describe a library (see ``runtime/library/__init__.py`` for 
 
 - a generation manifest ``gen-NNNNNN.json`` (``GenerationManifest``): which segments make
   up the library, with every file's name, size and sha256, the root of the stored paths,
-  the hub correction and the approximate index;
+  the hub correction's centre and the approximate index;
 - a build journal ``build.json`` (``Journal``): the segments an unfinished build has
   committed so far, so a killed build resumes;
 - a segment's SQLite database (``SEGMENT_SQL``): one row per indexed file.
@@ -161,8 +161,8 @@ class SegmentRef:
     """One immutable segment as a generation names it: its files, counts and deletions.
 
     ``deleted`` names a sorted int64 array of record ids removed since the segment was
-    written (None: none); ``hub`` the per-vector hub term for the generation's reference
-    set; ``ann`` a FAISS index over the segment's vectors (large segments only)."""
+    written (None: none); ``ann`` a FAISS index over the segment's vectors (large segments
+    only), built over the rows as ``ann_key`` says (centred or raw)."""
 
     id: int
     records: int
@@ -172,8 +172,6 @@ class SegmentRef:
     deleted: FileRef | None = None
     deleted_count: int = 0
     deleted_vectors: int = 0
-    hub: FileRef | None = None
-    hub_key: str = ""
     ann: FileRef | None = None
     ann_key: str = ""
 
@@ -189,14 +187,13 @@ class SegmentRef:
         return self.records - self.deleted_count
 
     def all_files(self) -> list[FileRef]:
-        return [*self.files, *(f for f in (self.deleted, self.hub, self.ann) if f is not None)]
+        return [*self.files, *(f for f in (self.deleted, self.ann) if f is not None)]
 
     def to_dict(self) -> dict:
         return {"id": self.id, "records": self.records, "vectors": self.vectors, "windows": self.windows,
                 "files": {r: f.to_dict() for r, f in zip(SEGMENT_ROLES, self.files)},
                 "deleted": None if self.deleted is None else self.deleted.to_dict(),
                 "deleted_count": self.deleted_count, "deleted_vectors": self.deleted_vectors,
-                "hub": None if self.hub is None else self.hub.to_dict(), "hub_key": self.hub_key,
                 "ann": None if self.ann is None else self.ann.to_dict(), "ann_key": self.ann_key}
 
     @classmethod
@@ -207,7 +204,6 @@ class SegmentRef:
         ref = cls(_int(d, "id", where), _int(d, "records", where, lo=1), _int(d, "vectors", where),
                   _int(d, "windows", where), files, _file_or_none(d, "deleted", where),
                   _int(d, "deleted_count", where), _int(d, "deleted_vectors", where),
-                  _file_or_none(d, "hub", where), _str(d, "hub_key", where),
                   _file_or_none(d, "ann", where), _str(d, "ann_key", where))
         if ref.vectors > ref.records or ref.deleted_count > ref.records or ref.deleted_vectors > ref.vectors \
                 or (ref.deleted is None) != (ref.deleted_count == 0):
@@ -241,27 +237,23 @@ class RootRef:
 
 @dataclass(frozen=True)
 class HubSpec:
-    """The hub correction: each track's score is lowered by ``weight`` x (its mean cosine
-    with its ``k`` nearest reference pages). weight 0.5 ranks exactly as CSLS does."""
+    """The hub correction (see ``hubs.py``): tracks are compared by their direction away
+    from ``centre``, the mean pooled embedding of the generation's ``count`` tracks."""
 
     method: str
-    k: int
-    weight: float
-    key: str  # fingerprint of (bundle, reference images, mode, k)
-    reference: FileRef  # float32 [R, D] reference page embeddings
+    centre: FileRef  # float32 [D]
     count: int
-    source: str  # where the reference pages came from, for people
+    min_norm: float
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "k": self.k, "weight": self.weight, "key": self.key,
-                "reference": self.reference.to_dict(), "count": self.count, "source": self.source}
+        return {"method": self.method, "centre": self.centre.to_dict(), "count": self.count,
+                "min_norm": self.min_norm}
 
     @classmethod
     def from_dict(cls, d, where: str) -> "HubSpec":
-        return cls(_str(d, "method", where, choices=("csls",)), _int(d, "k", where, lo=1),
-                   _float(d, "weight", where, 0.0, 1.0), _str(d, "key", where, _SHA_RE),
-                   FileRef.from_dict(_get(d, "reference", where), f"{where}.reference"),
-                   _int(d, "count", where, lo=1), _str(d, "source", where))
+        return cls(_str(d, "method", where, choices=("track-centring",)),
+                   FileRef.from_dict(_get(d, "centre", where), f"{where}.centre"), _int(d, "count", where, lo=1),
+                   _float(d, "min_norm", where, 1e-6, 1.0))
 
 
 @dataclass(frozen=True)
@@ -364,13 +356,11 @@ class Journal:
     root_absolute: str
     segments: tuple[SegmentRef, ...]
     next_segment: int
-    hub_key: str
 
     def to_dict(self) -> dict:
         return {"format": JOURNAL_FORMAT, "schema_version": SCHEMA_VERSION, "kind": self.kind,
                 "bundle_fingerprint": self.bundle_fingerprint, "root_absolute": self.root_absolute,
-                "segments": [s.to_dict() for s in self.segments], "next_segment": self.next_segment,
-                "hub_key": self.hub_key}
+                "segments": [s.to_dict() for s in self.segments], "next_segment": self.next_segment}
 
     @classmethod
     def from_dict(cls, d, where: str) -> "Journal":
@@ -379,5 +369,4 @@ class Journal:
         segs = tuple(SegmentRef.from_dict(s, f"{where}.segments[{i}]")
                      for i, s in enumerate(_list(d, "segments", where)))
         return cls(_str(d, "kind", where, choices=KINDS), _str(d, "bundle_fingerprint", where),
-                   _str(d, "root_absolute", where), segs, _int(d, "next_segment", where),
-                   _str(d, "hub_key", where))
+                   _str(d, "root_absolute", where), segs, _int(d, "next_segment", where))

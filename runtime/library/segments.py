@@ -7,13 +7,11 @@ the arrays of its ranked ('ok') records, in ``segments/``::
     sNNNNNN.pooled.npy    float32 [V, D]  pooled unit embedding per ok record (row = vec)
     sNNNNNN.windows.npy   float16 [W, D]  unit window embeddings, each record's contiguous
     sNNNNNN.starts.npy    float64 [W]     each window's start in seconds
-    sNNNNNN.hub-KEY.npy   float32 [V]     hub term per vector for reference set KEY
-    sNNNNNN.hnsw-KEY      optional FAISS index over [pooled, -weight * hub] (large segments)
+    sNNNNNN.KEY.hnsw      optional FAISS index over its vectors (large segments)
     sNNNNNN.del-gNNNNNN.npy  int64 sorted record ids deleted as of a generation
 
-Only the last three kinds are added later, each as a new file (never an edit): deleting a
-record, changing the reference set or building an approximate index writes a small
-sidecar, never the segment. ``write_segment`` checks every embedding (finite, unit norm)
+The last two kinds are added later, each as a new file (never an edit): deleting a record
+or building an approximate index writes a sidecar, never the segment. ``write_segment`` checks every embedding (finite, unit norm)
 before a byte is written, streams the arrays (hashing as it goes), fsyncs, and renames
 into place; ``OpenSegment`` checks sizes, headers, schema and counts against the
 generation's manifest before anything is served.
@@ -40,7 +38,7 @@ from .storage import fsync_dir, tmp_name
 # Embeddings are unit vectors; float32 pooled rows are held to this, float16 windows
 # (3 significant digits) to the looser bound.
 _NORM_TOL = {np.dtype(np.float32): 1e-3, np.dtype(np.float16): 2e-2}
-# Records tagged, hub-scored and inserted per block: bounds a merge's memory to one block.
+# Records tagged and inserted per block: bounds a merge's memory to one block.
 _BLOCK = 4096
 
 
@@ -133,7 +131,7 @@ def _sha256_file(path: Path) -> str:
 
 
 def write_vector_file(seg_dir: Path, name: str, values: np.ndarray, dtype=np.float32) -> FileRef:
-    """A sidecar array (hub terms, deleted ids), atomically."""
+    """A small array file (deleted ids, the library's centre), atomically."""
     s = _NpyStream(seg_dir / name, dtype, tuple(values.shape))
     try:
         s.write(values)
@@ -157,10 +155,6 @@ def write_deleted(seg_dir: Path, ref: SegmentRef, record_ids: np.ndarray, delete
     return replace(ref, deleted=f, deleted_count=len(ids), deleted_vectors=int(deleted_vectors))
 
 
-def hub_file_name(seg_id: int, key: str) -> str:
-    return f"{segment_prefix(seg_id)}.hub-{key[:16]}.npy"
-
-
 def _record_arrays(r: NewRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(pooled float32 [D], windows float16 [W, D], starts float64 [W]) of an ok record, checked."""
     if r.copy_from is not None:
@@ -181,11 +175,11 @@ def _record_arrays(r: NewRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def write_segment(seg_dir: Path, seg_id: int, records: Sequence[NewRecord], *, kind: str, dim: int,
-                  bundle_fingerprint: str, labels, genres, scale: float, hub=None,
+                  bundle_fingerprint: str, labels, genres, scale: float,
                   counts: tuple[int, int] | None = None) -> SegmentRef:
     """Write ``records`` as segment ``seg_id``; returns its manifest entry. ``labels`` (and
-    ``genres`` for pages) tag the vectors, a block at a time; ``hub`` (a ``hubs.Reference``)
-    adds hub terms. Memory is one block of records, however large the segment (a merge):
+    ``genres`` for pages) tag the vectors, a block at a time. Memory is one block of
+    records, however large the segment (a merge):
     ``records`` may be a lazy sequence read in slices, with ``counts`` = (ranked records,
     windows) given so it is not read twice. Nothing is visible under the final names until
     every file is complete and fsynced."""
@@ -200,8 +194,6 @@ def write_segment(seg_dir: Path, seg_id: int, records: Sequence[NewRecord], *, k
         "windows": _NpyStream(seg_dir / f"{prefix}.windows.npy", WINDOW_DTYPE, (n_win, dim)),
         "starts": _NpyStream(seg_dir / f"{prefix}.starts.npy", np.float64, (n_win,)),
     }
-    if hub is not None and n_ok:
-        streams["hub"] = _NpyStream(seg_dir / hub_file_name(seg_id, hub.key), np.float32, (n_ok,))
     db_final = seg_dir / f"{prefix}.db"
     db_tmp = tmp_name(db_final)
     committed = False
@@ -233,12 +225,10 @@ def write_segment(seg_dir: Path, seg_id: int, records: Sequence[NewRecord], *, k
                     vec += 1
                     off += len(w)
                 if pooled:
-                    # Tags and hub terms for the whole block at once (one product each);
-                    # records that carry their tags (copies, merges) keep them.
+                    # Tags for the whole block at once (one product); records that carry
+                    # their tags (copies, merges) keep them.
                     block_pooled = np.stack(pooled)
                     streams["pooled"].write(block_pooled)
-                    if "hub" in streams:
-                        streams["hub"].write(hub.terms(block_pooled))
                     ok_rows = [row for row in rows if isinstance(row, list)]
                     need = [i for i, row in enumerate(ok_rows) if row[11] is None]
                     if need:
@@ -265,8 +255,7 @@ def write_segment(seg_dir: Path, seg_id: int, records: Sequence[NewRecord], *, k
             for s in streams.values():
                 s.abort()
             db_tmp.unlink(missing_ok=True)
-    return SegmentRef(seg_id, len(records), n_ok, n_win, tuple(files[r] for r in SEGMENT_ROLES),
-                      hub=files.get("hub"), hub_key=hub.key if "hub" in files else "")
+    return SegmentRef(seg_id, len(records), n_ok, n_win, tuple(files[r] for r in SEGMENT_ROLES))
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -304,9 +293,6 @@ class OpenSegment:
             self.pooled = self._array("pooled", np.float32, (ref.vectors, dim))
             self.windows = self._array("windows", np.float16, (ref.windows, dim))
             self.starts = self._array("starts", np.float64, (ref.windows,))
-            self.hub = None if ref.hub is None else self._small(ref.hub.name, np.float32, (ref.vectors,))
-            if self.hub is not None and not np.all(np.isfinite(self.hub)):
-                raise LibraryError(f"{where}: hub terms are not finite")
             self.deleted_ids = np.zeros(0, np.int64)
             self.deleted_vecs = np.zeros(0, np.int64)
             if ref.deleted is not None:

@@ -298,7 +298,7 @@ def collect_garbage(lib_dir: str | Path) -> list[str]:
             for s in m.segments:
                 keep_files.update(f.name for f in s.all_files())
             if m.hub is not None:
-                keep_files.add(m.hub.reference.name)
+                keep_files.add(m.hub.centre.name)
         journal = read_journal(lib_dir)
         if journal is not None:
             for s in journal.segments:
