@@ -510,6 +510,20 @@ def world(tmp_path_factory) -> TinyWorld:
     return tiny_world(tmp_path_factory.mktemp("tiny_world"))
 
 
+@pytest.fixture(scope="session")
+def enc(world):
+    """CPU encoders of the tiny bundle, one thread (library tests build with them)."""
+    from runtime.encoders import Encoders
+
+    return Encoders(world.bundle, device="cpu", threads=1)
+
+
+@pytest.fixture()
+def music(world, tmp_path) -> Path:
+    """A private, modifiable copy of the generated music folder."""
+    return shutil.copytree(world.music, tmp_path / "music")
+
+
 def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 60):
     """Run ``python -m module args`` from the repo root; returns CompletedProcess (text)."""
     import os
@@ -563,7 +577,8 @@ def synthetic_library(out: str | Path, bundle_dir: str | Path, n_tracks: int, wi
     enough for the indexer to build one)."""
     from runtime.audio_preprocess import LOUDNESS_FLOOR_DBFS, MAX_TRACK_SECONDS
     from runtime.bundle import Bundle
-    from runtime.library.builder import _centre, _Run, _with_ann, root_ref
+    from runtime.library.builder import root_ref
+    from runtime.library.publishing import BuildRun, ann_entries, centre_entry
     from runtime.library.schema import GenerationManifest, RootRef, generation_name
     from runtime.library.segments import write_segment
     from runtime.library.storage import write_json_atomic
@@ -583,10 +598,10 @@ def synthetic_library(out: str | Path, bundle_dir: str | Path, n_tracks: int, wi
                                   scale=b.manifest.logit_scales.audio_text, counts=(n, n * windows_per_track)))
     hub_spec = ann_spec = None
     if centre or ann:
-        run = _Run(out, seg_dir, "music", d, b.fingerprint, b, centre, [], len(refs), "")
-        hub_spec, c = _centre(run, refs)
+        run = BuildRun(out, seg_dir, "music", d, b.fingerprint, b, centre, [], len(refs), "")
+        hub_spec, c = centre_entry(run, refs)
         if ann:
-            refs, ann_spec = _with_ann(run, refs, c, None)
+            refs, ann_spec = ann_entries(run, refs, c, None)
         run.close()
     root = root_ref(out, Path(music_root).resolve()) if music_root is not None else RootRef(None, "/synthetic")
     m = GenerationManifest(1, "music", b.fingerprint, b.manifest.model.name, d, "int8", root,

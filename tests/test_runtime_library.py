@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import runtime_fixtures as rf
-from runtime_fixtures import world  # noqa: F401  (session fixture)
+from runtime_fixtures import enc, music, world  # noqa: F401  (fixtures)
 
 from runtime.bundle import Bundle
 from runtime.encoders import Encoders, l2_normalise
@@ -25,17 +25,6 @@ from runtime.library import Library, build_library, softmax
 from runtime.library.schema import RECORD_COLUMNS, GenerationManifest
 from runtime.retrieval import Retriever
 from runtime.search import ExactIndex, FaissIndex, make_index, top_k
-
-
-@pytest.fixture(scope="module")
-def enc(world):  # noqa: F811
-    return Encoders(world.bundle, device="cpu", threads=1)
-
-
-@pytest.fixture()
-def music(world, tmp_path):  # noqa: F811
-    """A private, modifiable copy of the generated music folder."""
-    return shutil.copytree(world.music, tmp_path / "music")
 
 
 def gens(lib_dir):

@@ -12,19 +12,13 @@ import numpy as np
 import pytest
 
 import runtime_fixtures as rf
-from runtime_fixtures import world  # noqa: F401  (session fixture)
+from runtime_fixtures import enc, music, world  # noqa: F401  (fixtures)
 
 from runtime.bundle import Bundle
-from runtime.encoders import Encoders
-from runtime.library import Library, build_library, hubs
+from runtime.library import Library, build_library
 from runtime.library.schema import GenerationManifest, RootRef, generation_name
 from runtime.library.segments import NewRecord, write_segment
 from runtime.library.storage import write_json_atomic
-
-
-@pytest.fixture(scope="module")
-def enc(world):  # noqa: F811
-    return Encoders(world.bundle, device="cpu", threads=1)
 
 
 def unit(x):
@@ -34,7 +28,7 @@ def unit(x):
 def library_of(out, bundle_dir, pooled: np.ndarray, centre: bool = True):
     """A library holding exactly these pooled vectors (one window each), written through
     the segment writer and, with ``centre``, the indexer's own centring step."""
-    from runtime.library.builder import _centre, _Run
+    from runtime.library.publishing import BuildRun, centre_entry
 
     b = Bundle.load(bundle_dir)
     seg_dir = out / "segments"
@@ -46,8 +40,8 @@ def library_of(out, bundle_dir, pooled: np.ndarray, centre: bool = True):
     m = b.manifest
     ref = write_segment(seg_dir, 0, recs, kind="music", dim=b.embed_dim, bundle_fingerprint=b.fingerprint,
                         labels=m.label_set("moods"), genres=None, scale=m.logit_scales.audio_text)
-    run = _Run(out, seg_dir, "music", b.embed_dim, b.fingerprint, b, centre, [], 1, "")
-    spec, _ = _centre(run, [ref])
+    run = BuildRun(out, seg_dir, "music", b.embed_dim, b.fingerprint, b, centre, [], 1, "")
+    spec, _ = centre_entry(run, [ref])
     run.close()
     gm = GenerationManifest(1, "music", b.fingerprint, m.model.name, b.embed_dim, "int8", RootRef(None, "/x"),
                             "t", "t", -60.0, 900.0, (ref,), 1, spec)
@@ -181,7 +175,7 @@ def test_faiss_is_built_at_index_time_kept_across_updates_and_never_built_at_que
     monkeypatch.setattr(search_index, "FAISS_THRESHOLD", 1000)
     built = []
     real_build = search_index.build_ann
-    monkeypatch.setattr("runtime.library.builder.build_ann", lambda *a: (built.append(a), real_build(*a)))
+    monkeypatch.setattr("runtime.library.publishing.build_ann", lambda *a: (built.append(a), real_build(*a)))
     rf.write_extra_track(music / "zz.wav")
     report = build_library(music, lib_dir, enc, progress=False)
     assert built == [] and report.ann_recall_at_10 is not None
@@ -194,6 +188,36 @@ def test_faiss_is_built_at_index_time_kept_across_updates_and_never_built_at_que
     with Library.open(lib_dir) as lib:
         assert not lib.index.use_ann
         assert np.array_equal(lib.index.search(q, 10).ids, np.argsort(-lib.scores(q), axis=1)[:, :10])
+
+
+def test_a_merge_extends_the_largest_members_index_instead_of_rebuilding(world, tmp_path, enc, small_ann,  # noqa: F811
+                                                                       monkeypatch):
+    """Ten indexed segments of 300 tracks are one tier: adding a track merges them, and the
+    merged segment's HNSW index is the first member's, extended with the other rows."""
+    import os
+
+    from runtime.library import search_index
+
+    monkeypatch.setattr(search_index, "ANN_MIN_SEGMENT_ROWS", 250)
+    music = tmp_path / "music"
+    music.mkdir()
+    for i in range(3000):
+        (music / f"track{i:07d}.mp3").touch()
+        os.utime(music / f"track{i:07d}.mp3", ns=(0, 0))
+    lib_dir = rf.synthetic_library(tmp_path / "lib", world.bundle, 3000, windows_per_track=1, music_root=music,
+                                   segment_tracks=300, centre=True, ann=True)
+    with Library.open(lib_dir) as lib:
+        assert len(lib.manifest.segments) == 10 and all(s.ann is not None for s in lib.manifest.segments)
+    built = []
+    monkeypatch.setattr("runtime.library.publishing.build_ann", lambda *a: built.append(a))
+    rf.write_extra_track(music / "zz.wav")
+    report = build_library(music, lib_dir, enc, progress=False)
+    assert built == []  # no graph built from scratch
+    with Library.open(lib_dir) as lib:
+        merged = max(lib.manifest.segments, key=lambda s: s.vectors)
+        assert merged.vectors == 3000 and merged.ann is not None and len(lib.manifest.segments) == 2
+        assert lib.index.parts[0].ann is not None and len(lib.index.parts[0].ann) == 3000
+    assert report.ann_recall_at_10 >= 0.9
 
 
 # -- real music -------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,22 +18,11 @@ import numpy as np
 import pytest
 
 import runtime_fixtures as rf
-from runtime_fixtures import world  # noqa: F401  (session fixture)
+from runtime_fixtures import enc, music, world  # noqa: F401  (fixtures)
 
-from runtime.encoders import Encoders
 from runtime.library import Library, build_library, collect_garbage, plan_merges
 from runtime.library.schema import FileRef, GenerationManifest, SegmentRef
 from runtime.library.storage import read_journal
-
-
-@pytest.fixture(scope="module")
-def enc(world):  # noqa: F811
-    return Encoders(world.bundle, device="cpu", threads=1)
-
-
-@pytest.fixture()
-def music(world, tmp_path):  # noqa: F811
-    return shutil.copytree(world.music, tmp_path / "music")
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:
@@ -158,6 +146,10 @@ def test_files_a_reader_holds_open_on_windows_are_collected_later(music, tmp_pat
     leftovers = held - live
     assert leftovers and all((out / "segments" / f).exists() for f in leftovers)
     assert (out / "gen-000001.json").exists()
+    from runtime.library.storage import WriterLock
+
+    with WriterLock(out), pytest.raises(Exception, match="another indexer is updating"):
+        collect_garbage(out)  # never while an indexer writes files nothing names yet
     collect_garbage(out)
     assert not any((out / "segments" / f).exists() for f in leftovers) and not (out / "gen-000001.json").exists()
 
@@ -260,7 +252,7 @@ def test_an_interrupted_build_publishes_nothing_and_resumes(music, tmp_path, enc
 _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys, time
     sys.path[:0] = [{root!r}]
-    from runtime.library import builder, segments, storage
+    from runtime.library import builder, publishing, segments
     from runtime.encoders import Encoders
     phase, log = {phase!r}, {log!r}
     die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
@@ -280,19 +272,19 @@ _KILL_SCRIPT = textwrap.dedent("""
             real(a, b)
         segments.os.replace = replace
     elif phase == "journal":
-        real_j = builder.write_json_atomic
+        real_j = publishing.write_json_atomic
         n = []
         def journal(path, obj):
             n.append(1)
             if len(n) == 2:
                 die()
             return real_j(path, obj)
-        builder.write_json_atomic = journal
+        publishing.write_json_atomic = journal
     elif phase == "commit":
-        real_a = builder.write_atomic
-        builder.write_atomic = lambda path, data: die() if path.name == "CURRENT" else real_a(path, data)
+        real_a = publishing.write_atomic
+        publishing.write_atomic = lambda path, data: die() if path.name == "CURRENT" else real_a(path, data)
     elif phase == "gc":
-        builder.collect_garbage = die
+        publishing.collect_unlocked = die
     enc = Encoders({bundle!r}, device="cpu", threads=1)
     with open(log + ".started", "w") as f:
         f.write("started")

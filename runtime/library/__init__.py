@@ -39,7 +39,8 @@ and absolute, as JSON (no separator that a folder name could contain).
 """
 from __future__ import annotations
 
-from .builder import COMMIT_EVERY, COMMIT_SECONDS, EmbedFile, build_library, default_embedder, plan_merges
+from .builder import COMMIT_EVERY, COMMIT_SECONDS, EmbedFile, build_library, default_embedder
+from .publishing import plan_merges
 from .reader import Library, open_library, resolve_root
 from .records import (BuildReport, Failure, LibraryMeta, SilentTrack, TrackInfo, label_distribution, softmax,
                       tag_block)

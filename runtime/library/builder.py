@@ -1,4 +1,4 @@
-"""Building a library: scan, plan, embed (committing as it goes), publish one generation.
+"""Building a library: scan, plan, embed (committing as it goes), then publish.
 
 ``build_library`` is incremental against the live generation: a file whose path, size and
 mtime match a record is not read; one whose content hash matches a ranked record is
@@ -12,46 +12,32 @@ Progress is committed every ``commit_every`` files or ``commit_seconds`` seconds
 records so far are written as a segment and named in the build journal (``build.json``).
 A build killed at any instant leaves ``CURRENT`` naming the previous, complete generation;
 the next run finds the journal and reuses every committed record instead of embedding the
-file again. Only when every file has been handled is a new generation manifest written and
-``CURRENT`` replaced (the commit point); then unneeded files are collected.
-
-What one run writes is proportional to what changed: new segments for new records, a
-small deletion sidecar per segment that lost records, the manifest. Segments of similar
-size are merged ``MERGE_FACTOR`` at a time (amortised O(log N) rewrites per record, as in
-any log-structured store) and a segment more than half deleted is compacted, which keeps
-the number of segments logarithmic in the library's size. A run that finds nothing to do
-writes nothing and publishes no generation.
+file again. Only when every file has been handled is the next generation published
+(``publishing.py``); a run that finds nothing to do writes nothing.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from ..audio_preprocess import LOUDNESS_FLOOR_DBFS, MAX_TRACK_SECONDS, check_regular_file
+from ..audio_preprocess import check_regular_file
 from ..bundle import sha256_file
 from ..encoders import TrackEmbedding
 from ..errors import InputError, LibraryError, SilentAudioError
-from . import hubs
+from .publishing import BuildRun, merge_new_segments, publish
 from .records import BuildReport, check_relpath
 from .schema import (CURRENT_NAME, GC_LOCK_NAME, GEN_RE, JOURNAL_NAME, KINDS, LEASES_DIR, LOCK_NAME, OLD_GEN_RE,
-                     SEGMENTS_DIR, AnnSpec, FileRef, GenerationManifest, HubSpec, Journal, RootRef, SegmentRef,
-                     generation_name, segment_prefix)
+                     SEGMENTS_DIR, GenerationManifest, RootRef, SegmentRef)
 from .scanning import extensions, scan_entries
-from . import search_index
-from .search_index import ANN_EF_SEARCH, ANN_M, IndexPart, SegmentedIndex, build_ann, measure_recall, recall_queries
-from .segments import (EmbeddingCheckError, NewRecord, OpenSegment, check_embeddings, write_deleted,
-                       write_segment, write_vector_file)
-from .storage import (WriterLock, collect_garbage, fsync_dir, read_current_name, read_journal, read_manifest,
-                      write_atomic, write_json_atomic)
+from .segments import EmbeddingCheckError, NewRecord, OpenSegment, check_embeddings
+from .storage import WriterLock, read_journal, read_manifest
 
 log = logging.getLogger("manga_music")
 
@@ -60,8 +46,6 @@ ProgressFn = Callable[[int, int, str], None]
 
 COMMIT_EVERY = 32  # files per committed segment while building ...
 COMMIT_SECONDS = 60.0  # ... or this long, whichever comes first: at most this much work is lost to a kill
-MERGE_FACTOR = 10
-COMPACT_DELETED_SHARE = 0.5
 
 
 def default_embedder(encoders, kind: str, mode: str | None = None) -> EmbedFile:
@@ -97,51 +81,6 @@ class _Todo:
     path: Path
     rel: str
     in_base: bool
-
-
-@dataclass
-class _Run:
-    """Mutable state of one build (kept in one place so the steps stay small functions)."""
-
-    lib_dir: Path
-    seg_dir: Path
-    kind: str
-    dim: int
-    fingerprint: str
-    bundle: object
-    centring: bool  # store a centre for the hub correction
-    journal_segments: list[SegmentRef]
-    next_segment: int
-    root_abs: str
-    bytes_written: int = 0
-    new_since_start: list[SegmentRef] = field(default_factory=list)  # written by this run, not yet merged
-    opened: dict[int, OpenSegment] = field(default_factory=dict)
-
-    def open(self, ref: SegmentRef) -> OpenSegment:
-        seg = self.opened.get(ref.id)
-        if seg is None or seg.ref != ref:
-            seg = self.opened[ref.id] = OpenSegment(self.seg_dir, ref, kind=self.kind, dim=self.dim,
-                                                    bundle_fingerprint=self.fingerprint)
-        return seg
-
-    def write(self, records: Sequence[NewRecord]) -> SegmentRef:
-        m = self.bundle.manifest
-        ref = write_segment(self.seg_dir, self.next_segment, records, kind=self.kind, dim=self.dim,
-                            bundle_fingerprint=self.fingerprint, labels=m.label_set("moods"),
-                            genres=m.label_set("genres") if self.kind == "pages" else None,
-                            scale=m.logit_scales.audio_text if self.kind == "music" else m.logit_scales.image_text)
-        self.next_segment += 1
-        self.bytes_written += sum(f.bytes for f in ref.all_files())
-        return ref
-
-    def save_journal(self) -> None:
-        j = Journal(self.kind, self.fingerprint, self.root_abs, tuple(self.journal_segments), self.next_segment)
-        self.bytes_written += write_json_atomic(self.lib_dir / JOURNAL_NAME, j.to_dict())
-
-    def close(self) -> None:
-        for s in self.opened.values():
-            s.close()
-        self.opened.clear()
 
 
 # -- the entry point -----------------------------------------------------------------------------
@@ -210,7 +149,7 @@ def build_library(source: str | Path, out: str | Path, encoders, kind: str = "mu
         if journal is not None and (rebuild or journal.kind != kind or journal.bundle_fingerprint != bundle.fingerprint
                                     or journal.root_absolute != root.absolute):
             journal = None  # another build's leftovers: collected after publishing
-        run = _Run(lib_dir, lib_dir / SEGMENTS_DIR, kind, bundle.embed_dim, bundle.fingerprint, bundle,
+        run = BuildRun(lib_dir, lib_dir / SEGMENTS_DIR, kind, bundle.embed_dim, bundle.fingerprint, bundle,
                    hub_correction and kind == "music", list(journal.segments) if journal else [],
                    _next_segment_id(lib_dir, base, journal), root.absolute)
         try:
@@ -239,14 +178,22 @@ def root_ref(lib_dir: Path, src: Path) -> RootRef:
 
 
 def _load_base(lib_dir: Path, rebuild: bool) -> tuple[GenerationManifest | None, str | None]:
-    if not (lib_dir / CURRENT_NAME).exists():
+    """The live generation to update, or None: no library yet, a library of the old format
+    (rebuilt in the new one), or, with ``rebuild``, one that does not even load."""
+    cur = lib_dir / CURRENT_NAME
+    if not cur.exists():
         return None, None
     try:
-        name = read_current_name(lib_dir)
+        name = cur.read_bytes()[:256].decode("utf-8", "replace").strip()
+        if OLD_GEN_RE.match(name):
+            return None, None
+        if not GEN_RE.match(name):
+            raise LibraryError(f"{cur}: names {name!r}, not a generation manifest; the library is damaged "
+                               f"(pass --rebuild to index it again)")
         return read_manifest(lib_dir, name), name
-    except LibraryError as exc:
-        if "format 1" in str(exc) or rebuild:
-            return None, None  # an old-format library is rebuilt in the new format
+    except (LibraryError, OSError):
+        if rebuild:
+            return None, None
         raise
 
 
@@ -259,7 +206,7 @@ def _next_segment_id(lib_dir: Path, base, journal) -> int:
 
 
 # -- planning ------------------------------------------------------------------------------------
-def _records_of(run: _Run, refs: Sequence[SegmentRef], from_journal: bool, damaged: list[str]) -> list[_Rec]:
+def _records_of(run: BuildRun, refs: Sequence[SegmentRef], from_journal: bool, damaged: list[str]) -> list[_Rec]:
     out = []
     for ref in refs:
         try:
@@ -348,7 +295,7 @@ def _tags_of(rec: _Rec) -> tuple[str, str, str | None] | None:
 
 
 # -- the build ------------------------------------------------------------------------------------
-def _build(run: _Run, src: Path, files: list[Path], problems, base, base_name, journal, embed, on_file, progress,
+def _build(run: BuildRun, src: Path, files: list[Path], problems, base, base_name, journal, embed, on_file, progress,
            commit_every, commit_seconds, precision, root: RootRef, t0) -> BuildReport:
     damaged: list[str] = []
     base_refs = list(base.segments) if base is not None else []
@@ -410,7 +357,7 @@ def _build(run: _Run, src: Path, files: list[Path], problems, base, base_name, j
             run.journal_segments.append(ref)
             run.new_since_start.append(ref)
             pending = []
-            _merge_new_segments(run)
+            merge_new_segments(run)
             run.save_journal()
         last_commit = time.monotonic()
 
@@ -449,11 +396,11 @@ def _build(run: _Run, src: Path, files: list[Path], problems, base, base_name, j
 
     base_ok_gone = {r.path for r in base_recs if r.status == "ok" and r.path not in scanned}
     removed = len(base_ok_gone - moved_from)
-    published, name, m = _publish(run, base, base_name, journal, delete, precision, root, damaged)
+    published, name, m = publish(run, base, base_name, journal, delete, precision, root, damaged)
     return _report(run, m, name, published, counts, removed, stats["seconds"], t0)
 
 
-def _report(run: _Run, m: GenerationManifest | None, name: str | None, published: bool, counts, removed: int,
+def _report(run: BuildRun, m: GenerationManifest | None, name: str | None, published: bool, counts, removed: int,
             seconds: float, t0: float) -> BuildReport:
     from .reader import Library
 
@@ -470,183 +417,3 @@ def _report(run: _Run, m: GenerationManifest | None, name: str | None, published
         lib.close()
 
 
-# -- merging -------------------------------------------------------------------------------------
-def _tier(ref: SegmentRef) -> int:
-    return int(math.log10(max(ref.live_records, 1)))
-
-
-def plan_merges(refs: Sequence[SegmentRef]) -> list[list[SegmentRef]]:
-    """Groups of segments to rewrite as one: a tier (same order of magnitude of live records)
-    that has reached ``MERGE_FACTOR`` segments, and any segment more than half deleted."""
-    groups = [[r] for r in refs if r.deleted_count > COMPACT_DELETED_SHARE * r.records]
-    in_groups = {r.id for g in groups for r in g}
-    tiers: dict[int, list[SegmentRef]] = defaultdict(list)
-    for r in refs:
-        if r.id not in in_groups:
-            tiers[_tier(r)].append(r)
-    groups += [g for _, g in sorted(tiers.items()) if len(g) >= MERGE_FACTOR]
-    return groups
-
-
-def _merge(run: _Run, group: Sequence[SegmentRef]) -> SegmentRef | None:
-    """Rewrite the live records of ``group`` as one new segment (None if none is live)."""
-    records: list[NewRecord] = []
-    for ref in group:
-        seg = run.open(ref)
-        for r in seg.live_records("id, path, size, mtime_ns, content_sha256, status, reason, duration, vec, moods, "
-                                  "top_mood, genres"):
-            ok = r[5] == "ok"
-            records.append(NewRecord(r[1], int(r[2]), int(r[3]), r[4], r[5], r[6], r[7],
-                                     copy_from=(seg, int(r[8])) if ok else None,
-                                     tags=(r[9], r[10], r[11]) if ok else None))
-    return run.write(records) if records else None
-
-
-def _apply_merges(run: _Run, refs: list[SegmentRef]) -> list[SegmentRef]:
-    """Merge until no group is left; a merged segment takes its first member's place."""
-    while True:
-        groups = plan_merges(refs)
-        if not groups:
-            return refs
-        for g in groups:
-            merged = _merge(run, g)
-            ids = {r.id for r in g}
-            at = next(i for i, r in enumerate(refs) if r.id in ids)
-            rest = [r for r in refs if r.id not in ids]
-            refs = rest[:at] + ([merged] if merged is not None else []) + rest[at:]
-
-
-def _merge_new_segments(run: _Run) -> None:
-    """While building: merge this run's own committed segments by tier, so a long first
-    build leaves a logarithmic number of segments (older journal segments may hold
-    records this run deletes; they are merged at publication)."""
-    if not plan_merges(run.new_since_start):
-        return
-    old = [r for r in run.journal_segments if r not in run.new_since_start]
-    merged = _apply_merges(run, list(run.new_since_start))
-    run.new_since_start = merged
-    run.journal_segments = old + merged
-
-
-# -- publishing ---------------------------------------------------------------------------------------
-def _publish(run: _Run, base, base_name, journal, delete: set[tuple[int, int]], precision, root: RootRef,
-             damaged: list[str]) -> tuple[bool, str | None, GenerationManifest | None]:
-    gen_no = (base.generation if base is not None else _max_generation(run.lib_dir)) + 1
-    refs: list[SegmentRef] = []
-    by_seg: dict[int, list[int]] = defaultdict(list)
-    for seg_id, rid in delete:
-        by_seg[seg_id].append(rid)
-    for ref in [r for r in (base.segments if base else ()) if r.id in run.opened] + run.journal_segments:
-        seg = run.opened.get(ref.id) or run.open(ref)
-        new_ids = by_seg.get(ref.id)
-        if new_ids:
-            ids = np.union1d(seg.deleted_ids, np.asarray(new_ids, np.int64))
-            n_vec = seg.db.execute("SELECT COUNT(*) FROM records WHERE vec >= 0 AND id IN "
-                                   "(SELECT value FROM json_each(?))", (str(ids.tolist()),)).fetchone()[0]
-            ref = write_deleted(run.seg_dir, ref, ids, n_vec, gen_no)
-            run.bytes_written += ref.deleted.bytes
-            run.opened[ref.id] = OpenSegment(run.seg_dir, ref, kind=run.kind, dim=run.dim,
-                                             bundle_fingerprint=run.fingerprint)
-            seg.close()
-        if ref.live_records > 0:
-            refs.append(ref)
-    refs = _apply_merges(run, refs)
-    hub_spec, centre = _centre(run, refs)
-    refs, ann = _with_ann(run, refs, centre, base)
-    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    m = GenerationManifest(gen_no, run.kind, run.fingerprint, run.bundle.manifest.model.name, run.dim, precision,
-                           root, base.created if base else now, now,
-                           LOUDNESS_FLOOR_DBFS if run.kind == "music" else None,
-                           MAX_TRACK_SECONDS if run.kind == "music" else None,
-                           tuple(refs), run.next_segment, hub_spec, ann)
-    if base is not None and not damaged and journal is None and not run.journal_segments \
-            and m.content_key() == base.content_key():
-        collect_garbage(run.lib_dir)
-        return False, base_name, base  # nothing changed: no new generation, nothing written
-    name = generation_name(gen_no)
-    run.bytes_written += write_json_atomic(run.lib_dir / name, m.to_dict())
-    fsync_dir(run.seg_dir)
-    run.bytes_written += write_atomic(run.lib_dir / CURRENT_NAME, (name + "\n").encode())  # the commit point
-    fsync_dir(run.lib_dir)
-    (run.lib_dir / JOURNAL_NAME).unlink(missing_ok=True)
-    run.close()  # our own handles must not keep files alive (Windows)
-    collect_garbage(run.lib_dir)
-    return True, name, m
-
-
-def _max_generation(lib_dir: Path) -> int:
-    nums = [int(m.group(1)) for p in lib_dir.iterdir() if (m := GEN_RE.match(p.name) or OLD_GEN_RE.match(p.name))]
-    return max(nums, default=0)
-
-
-def _centre(run: _Run, refs: list[SegmentRef]) -> tuple[HubSpec | None, np.ndarray | None]:
-    """The generation's centre (mean of its live pooled rows, a read of every row) and its
-    manifest entry; the file is named by its content, so an unchanged library names the
-    same file and writes nothing."""
-    if not run.centring:
-        return None, None
-    blocks = []
-    for ref in refs:
-        seg = run.open(ref)
-        blocks.append(seg.pooled if seg.live_vecs is None else seg.pooled[seg.live_vecs])
-    centre, count = hubs.centre_of(blocks)
-    if count < hubs.MIN_TRACKS:
-        return None, None
-    data = centre.tobytes()
-    name = f"centre-{hashlib.sha256(data).hexdigest()[:16]}.npy"
-    path = run.seg_dir / name
-    if not path.is_file():
-        write_vector_file(run.seg_dir, name, centre)
-        run.bytes_written += path.stat().st_size
-    return HubSpec(hubs.METHOD, FileRef(name, path.stat().st_size, sha256_file(path)), count,
-                   hubs.MIN_CENTRED_NORM), centre
-
-
-def _ann_key(centre: np.ndarray | None) -> str:
-    return f"hnsw-m{ANN_M}-{'centred' if centre is not None else 'raw'}"
-
-
-def _with_ann(run: _Run, refs: list[SegmentRef], centre: np.ndarray | None,
-              base) -> tuple[list[SegmentRef], AnnSpec | None]:
-    """FAISS indexes for large segments (built now, at index time, for segments that lack
-    one of the right kind; a segment keeps its index when the centre moves, candidates are
-    rescored exactly), and recall@10 against exact search."""
-    from ..search import FaissIndex, faiss_available
-
-    if not faiss_available() or sum(r.live_vectors for r in refs) < search_index.ANN_BUILD_FROM:
-        return [replace(r, ann=None, ann_key="") if r.ann is not None else r for r in refs], None
-    key = _ann_key(centre)
-    out, built = [], False
-    for ref in refs:
-        if ref.vectors < search_index.ANN_MIN_SEGMENT_ROWS:
-            out.append(replace(ref, ann=None, ann_key="") if ref.ann is not None else ref)
-            continue
-        if ref.ann is None or ref.ann_key != key:
-            name = f"{segment_prefix(ref.id)}.{key}.hnsw"
-            build_ann(run.open(ref).pooled, centre, run.seg_dir / name)
-            p = run.seg_dir / name
-            f = FileRef(name, p.stat().st_size, sha256_file(p))
-            run.bytes_written += f.bytes
-            ref = replace(ref, ann=f, ann_key=key)
-            built = True
-        out.append(ref)
-    if not any(r.ann is not None for r in out):
-        return out, None
-    if not built and base is not None and base.ann is not None and base.ann.recall_at_10 is not None \
-            and [(r.id, r.ann, r.deleted) for r in out] == [(r.id, r.ann, r.deleted) for r in base.segments]:
-        return out, base.ann  # same indexes over the same rows: the measured recall stands
-    from .hubs import inverse_norms
-
-    parts = []
-    base_row = 0
-    for ref in out:
-        seg = run.open(ref)
-        ann = FaissIndex.load(run.seg_dir / ref.ann.name) if ref.ann is not None else None
-        inv = None if centre is None else inverse_norms(seg.pooled, centre)
-        parts.append(IndexPart(seg.pooled, inv, seg.deleted_vecs, base_row, ann))
-        base_row += seg.live_count
-    index = SegmentedIndex(parts, run.dim, centre)
-    queries = recall_queries(index)
-    recall = measure_recall(index, queries, 10)
-    return out, AnnSpec("hnsw", ANN_M, ANN_EF_SEARCH, search_index.ANN_MIN_SEGMENT_ROWS, round(recall, 4),
-                        len(queries))

@@ -162,12 +162,7 @@ class _CentredRows:
 
 def build_ann(matrix: np.ndarray, centre: np.ndarray | None, path: Path) -> None:
     """Build and save (atomically) an HNSW index over one segment's (centred) rows."""
-    from .storage import tmp_name
-
-    idx = FaissIndex.build(_CentredRows(matrix, centre), m=ANN_M, ef_search=ANN_EF_SEARCH)
-    tmp = tmp_name(path)
-    idx.save(tmp)
-    tmp.replace(path)
+    FaissIndex.build(_CentredRows(matrix, centre), m=ANN_M, ef_search=ANN_EF_SEARCH).save(path)
 
 
 def measure_recall(index: SegmentedIndex, queries: np.ndarray, k: int = 10) -> float:

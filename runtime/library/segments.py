@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 from numpy.lib import format as npy_format
 
+from ..bundle import sha256_file
 from ..errors import LibraryError
 from .records import check_relpath, tag_block
 from .schema import (SEGMENT_ROLES, SEGMENT_SQL, WINDOW_DTYPE, FileRef, SegmentRef, check_segment_db,
@@ -120,14 +121,6 @@ class _NpyStream:
     def abort(self) -> None:
         self.f.close()
         self.path.unlink(missing_ok=True)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_vector_file(seg_dir: Path, name: str, values: np.ndarray, dtype=np.float32) -> FileRef:
@@ -244,7 +237,7 @@ def write_segment(seg_dir: Path, seg_id: int, records: Sequence[NewRecord], *, k
         with open(db_tmp, "rb") as f:
             os.fsync(f.fileno())
         files = {name: s.finish() for name, s in streams.items()}
-        files["db"] = FileRef(db_final.name, db_tmp.stat().st_size, _sha256_file(db_tmp))
+        files["db"] = FileRef(db_final.name, db_tmp.stat().st_size, sha256_file(db_tmp))
         for s in streams.values():
             s.commit()
         os.replace(db_tmp, db_final)
@@ -381,7 +374,7 @@ def verify_files(seg_dir: Path, files: Sequence[FileRef]) -> list[str]:
     for f in files:
         p = seg_dir / f.name
         try:
-            if p.stat().st_size != f.bytes or _sha256_file(p) != f.sha256:
+            if p.stat().st_size != f.bytes or sha256_file(p) != f.sha256:
                 problems.append(f"{f.name}: content differs from what was written")
         except OSError as exc:
             problems.append(f"{f.name}: {exc.strerror or exc}")

@@ -280,8 +280,15 @@ def _remove(path: Path) -> bool:
 def collect_garbage(lib_dir: str | Path) -> list[str]:
     """Delete every generation and segment file nothing needs any more; returns what was
     deleted. Needed: the current generation, generations readers hold, and the unfinished
-    build's segments. Call it with the writer lock held (``build_library`` does)."""
+    build's segments. Refused (``LibraryError``) while an indexer is running: the files it
+    is writing are named by nothing yet. ``build_library`` collects after publishing."""
     lib_dir = Path(lib_dir)
+    with WriterLock(lib_dir):
+        return collect_unlocked(lib_dir)
+
+
+def collect_unlocked(lib_dir: Path) -> list[str]:
+    """``collect_garbage`` for the holder of the writer lock."""
     removed: list[str] = []
     with gc_lock(lib_dir, exclusive=True):
         try:
