@@ -362,6 +362,29 @@ def test_tampered_records_and_vectors_never_escape_or_poison_results(music, tmp_
     assert len(tracks) == 2 and all(str(music.resolve()) in t.path for t in tracks)
 
 
+def test_a_tampered_vector_is_embedded_again_not_copied(music, tmp_path, enc):
+    """A NaN written into a stored vector: a move of that file embeds it again rather than
+    copy it, and compacting its segment drops it instead of failing."""
+    out = tmp_path / "lib"
+    build_library(music, out, enc, progress=False)
+    m = GenerationManifest.from_dict(manifest_of(out), "m")
+    with Library.open(out) as lib:
+        row = lib.find(music / "b" / "chirp.ogg").row
+    pooled = out / "segments" / m.segments[0].file("pooled").name
+    data = bytearray(pooled.read_bytes())
+    start = len(data) - 5 * 64 + row * 64  # 5 rows of 16 float32
+    data[start:start + 64] = np.full(16, np.nan, np.float32).tobytes()
+    pooled.write_bytes(bytes(data))
+    (music / "b" / "chirp.ogg").rename(music / "b" / "moved.ogg")
+    for rel in ("a/noise.flac", "b/deep/square.mp3"):
+        (music / rel).unlink()  # 3 of 5 records gone: the segment is compacted
+    embedded = []
+    report = build_library(music, out, enc, progress=False, on_file=embedded.append)
+    assert [p.name for p in embedded] == ["moved.ogg"] and report.tracks == 3
+    with Library.open(out) as lib:
+        assert lib.verify() == [] and np.all(np.isfinite(lib.tracks))
+
+
 def world_page_embedding(world, enc):  # noqa: F811
     return enc.embed_images([world.pages["tall"]])
 

@@ -36,7 +36,7 @@ from .records import BuildReport, check_relpath
 from .schema import (CURRENT_NAME, GC_LOCK_NAME, GEN_RE, JOURNAL_NAME, KINDS, LEASES_DIR, LOCK_NAME, OLD_GEN_RE,
                      SEGMENTS_DIR, GenerationManifest, RootRef, SegmentRef)
 from .scanning import extensions, scan_entries
-from .segments import EmbeddingCheckError, NewRecord, OpenSegment, check_embeddings
+from .segments import EmbeddingCheckError, NewRecord, OpenSegment, check_embeddings, sound_copy
 from .storage import WriterLock, read_journal, read_manifest
 
 log = logging.getLogger("manga_music")
@@ -256,6 +256,8 @@ def _process(todo: _Todo, embed: EmbedFile, on_file, ok_by_sha: dict[str, _Rec],
     try:
         sha = sha256_file(path)
         reuse = ok_by_sha.get(sha)
+        if reuse is not None and not sound_copy(reuse.seg, reuse.vec):
+            reuse = None  # its stored embedding is damaged: embed the file instead
         if reuse is not None:
             rec = NewRecord(rel, size, mtime, sha, "ok", duration=_duration_of(reuse), copy_from=(reuse.seg, reuse.vec),
                             tags=_tags_of(reuse))

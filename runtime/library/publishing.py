@@ -15,6 +15,7 @@ result equals the live generation, nothing is written at all.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from collections import defaultdict
@@ -30,8 +31,10 @@ from . import hubs, search_index
 from .schema import (CURRENT_NAME, GEN_RE, JOURNAL_NAME, OLD_GEN_RE, AnnSpec, FileRef, GenerationManifest, HubSpec,
                      Journal, RootRef, SegmentRef, generation_name, segment_prefix)
 from .search_index import ANN_EF_SEARCH, ANN_M, IndexPart, SegmentedIndex, build_ann, measure_recall, recall_queries
-from .segments import NewRecord, OpenSegment, write_deleted, write_segment, write_vector_file
+from .segments import NewRecord, OpenSegment, sound_copy, write_deleted, write_segment, write_vector_file
 from .storage import collect_unlocked, fsync_dir, write_atomic, write_json_atomic
+
+log = logging.getLogger("manga_music")
 
 MERGE_FACTOR = 10
 COMPACT_DELETED_SHARE = 0.5
@@ -117,6 +120,9 @@ def _merge(run: BuildRun, group: Sequence[SegmentRef]) -> SegmentRef | None:
         for r in seg.live_records("id, path, size, mtime_ns, content_sha256, status, reason, duration, vec, moods, "
                                   "top_mood, genres"):
             ok = r[5] == "ok"
+            if ok and not sound_copy(seg, int(r[8])):
+                log.warning(f"{run.lib_dir}: {r[1]}: stored embedding is damaged; dropped (embedded again next run)")
+                continue
             records.append(NewRecord(r[1], int(r[2]), int(r[3]), r[4], r[5], r[6], r[7],
                                      copy_from=(seg, int(r[8])) if ok else None,
                                      tags=(r[9], r[10], r[11]) if ok else None))

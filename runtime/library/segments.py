@@ -167,6 +167,16 @@ def _record_arrays(r: NewRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pooled, windows, starts
 
 
+def sound_copy(seg: "OpenSegment", vec: int) -> bool:
+    """Whether a stored vector (and its windows) can be copied into a new segment: finite,
+    unit length, in bounds. False for a tampered one, which is then embedded again instead."""
+    try:
+        _record_arrays(NewRecord("x", 0, 0, "", "ok", copy_from=(seg, vec)))
+    except (EmbeddingCheckError, LibraryError, ValueError, IndexError):
+        return False
+    return True
+
+
 def write_segment(seg_dir: Path, seg_id: int, records: Sequence[NewRecord], *, kind: str, dim: int,
                   bundle_fingerprint: str, labels, genres, scale: float,
                   counts: tuple[int, int] | None = None) -> SegmentRef:
