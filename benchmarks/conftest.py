@@ -40,7 +40,7 @@ RECIPE_SEED = 1
 LAYOUT_JSON = ROOT / "tests" / "golden" / "parity" / "state_dict_layout.json"
 LIBRARY_SIZES = (1_000, 100_000, 1_000_000)
 # Bump when the synthetic library or page recipe changes, so cached ones are rebuilt.
-DATA_VERSION = "1"
+DATA_VERSION = "2"  # 2: segmented library format (issue 13)
 
 
 # -- options ---------------------------------------------------------------------------------
@@ -530,8 +530,8 @@ bundle = Bundle.load(bundle_dir)
 t2 = time.perf_counter()
 r = Retriever(bundle=bundle, library=library_dir, device="cpu", precision="int8", threads=threads)
 if sys.argv[5] == "exact":
-    # Pinned like test_search: with faiss installed, make_index would build an HNSW index
-    # over a synthetic library that (unlike an indexed one) ships none.
+    # Pinned like test_search: exact search over the pooled rows whatever the library
+    # holds (a synthetic library ships no approximate index; the query path never builds one).
     from runtime.search import ExactIndex
     r.library.__dict__["index"] = ExactIndex(r.library.tracks)
 first = r.query(page, top_k=10)

@@ -34,6 +34,7 @@ _EXPORTS = {
     "TrackInfo": "library",
     "Failure": "library",
     "BuildReport": "library",
+    "SilentTrack": "library",
     "build_library": "library",
     "open_library": "library",
     "ExactIndex": "search",
@@ -71,7 +72,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs only
     from .bundle import Bundle, PrecisionChoice, load_bundle
     from .encoders import Encoders, TrackEmbedding, l2_normalise
     from .errors import BundleError, InputError, LibraryError, MangaMusicError
-    from .library import BuildReport, Failure, Library, LibraryMeta, TrackInfo, build_library, open_library
+    from .library import (BuildReport, Failure, Library, LibraryMeta, SilentTrack, TrackInfo, build_library,
+                          open_library)
     from .manifest import Manifest
     from .retrieval import PageHit, PageResult, Retriever, TextResult, TrackHit, TrackResult
     from .search import ExactIndex, FaissIndex, SearchHits, make_index

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .bundle import Bundle, PrecisionChoice, load_bundle
-from .errors import BundleError, InputError
+from .errors import BundleError, InputError, SilentAudioError
 from .manifest import EncoderFile
 from .sessions import DeviceChoice, resolve_device
 
@@ -81,6 +81,10 @@ class TrackEmbedding:
     starts: np.ndarray  # float64 [W], seconds
     pooled: np.ndarray  # float32 [D], unit: normalised mean of the window embeddings
     duration: float  # seconds, after resampling
+
+
+def _describe_audio(src: Any) -> str:
+    return str(src) if isinstance(src, (str, Path)) else f"<waveform of {np.shape(src)[0]} samples>"
 
 
 def _is_single(items: Any) -> bool:
@@ -240,37 +244,58 @@ class Encoders:
             raise InputError(f"an audio array must be mono [T], got shape {wave.shape}")
         if wave.size == 0:
             raise InputError("audio array is empty")
+        if not np.all(np.isfinite(wave)):
+            raise InputError("audio array holds NaN or infinite samples")
         return wave
 
-    def _window_batches(self, wave: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-        from .audio_preprocess import window_starts, windows
+    def _window_batches(self, wave: np.ndarray, starts: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+        from .audio_preprocess import windows
 
         cfg = self.bundle.manifest.audio
         win = int(round(cfg.window_seconds * cfg.sample_rate))
         if wave.shape[0] <= win:
             # One (possibly padded) short window: audio_preprocess owns that rule.
-            yield windows(wave, cfg)[0]
+            if len(starts):
+                yield windows(wave, cfg)[0]
             return
         # Long track: slice windows batch by batch instead of materialising all of them
         # (window/hop times the track's memory); every window has the same length here.
-        for starts in batched(window_starts(wave.shape[0], cfg), batch_size):
-            yield np.stack([wave[s:s + win] for s in starts])
+        for batch in batched(starts, batch_size):
+            yield np.stack([wave[s:s + win] for s in batch])
 
-    def embed_windows(self, wave: np.ndarray, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-        """Window embeddings [W, D] and start seconds [W] of one mono waveform."""
-        from .audio_preprocess import window_starts
+    def embed_windows(self, wave: np.ndarray, batch_size: int = 8,
+                      floor_dbfs: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Window embeddings [W, D] and start seconds [W] of one mono waveform.
+
+        With ``floor_dbfs``, windows whose RMS level is below it are skipped (not embedded,
+        not returned); W may then be 0."""
+        from .audio_preprocess import window_loudness_dbfs, window_starts
 
         cfg = self.bundle.manifest.audio
+        starts = window_starts(wave.shape[0], cfg)
+        if floor_dbfs is not None and len(starts):
+            win = int(round(cfg.window_seconds * cfg.sample_rate))
+            starts = starts[window_loudness_dbfs(wave, starts, win) >= floor_dbfs]
+        if not len(starts):
+            return self._empty(), np.zeros(0, np.float64)
         enc = self.encoder("audio")
-        embs = [l2_normalise(enc.run(b)) for b in self._window_batches(wave, batch_size)]
-        starts = window_starts(wave.shape[0], cfg).astype(np.float64) / cfg.sample_rate
-        return (np.concatenate(embs) if embs else self._empty()), starts
+        embs = [l2_normalise(enc.run(b)) for b in self._window_batches(wave, starts, batch_size)]
+        return np.concatenate(embs), starts.astype(np.float64) / cfg.sample_rate
 
-    def embed_track(self, src: Any, batch_size: int = 8) -> TrackEmbedding:
-        """A track (path or waveform) -> its window embeddings, their starts, and the pooled
-        embedding (normalised mean of the windows)."""
+    def embed_track(self, src: Any, batch_size: int = 8, floor_dbfs: float | None = None) -> TrackEmbedding:
+        """A track (path or waveform) -> its audible windows' embeddings, their starts, and
+        the pooled embedding (normalised mean of the windows).
+
+        Windows quieter than ``floor_dbfs`` (default ``LOUDNESS_FLOOR_DBFS``) are skipped; a
+        track with no window above it raises ``SilentAudioError``."""
+        from .audio_preprocess import LOUDNESS_FLOOR_DBFS
+
+        floor = LOUDNESS_FLOOR_DBFS if floor_dbfs is None else floor_dbfs
         wave = self.load_wave(src)
-        win_embs, starts = self.embed_windows(wave, batch_size)
+        win_embs, starts = self.embed_windows(wave, batch_size, floor_dbfs=floor)
+        if not len(starts):
+            raise SilentAudioError(f"{_describe_audio(src)}: silent (no {self.bundle.manifest.audio.window_seconds:g} s "
+                                   f"window louder than {floor:g} dBFS RMS)")
         pooled = l2_normalise(win_embs.mean(axis=0, keepdims=True))[0]
         duration = wave.shape[0] / self.bundle.manifest.audio.sample_rate
         return TrackEmbedding(win_embs, starts, pooled, float(duration))

@@ -16,3 +16,8 @@ class BundleError(MangaMusicError):
 
 class LibraryError(MangaMusicError):
     """A music library index is missing, corrupt, or was built with another bundle."""
+
+
+class SilentAudioError(InputError):
+    """An audio file decodes fine but holds nothing audible (all zero, or every window below
+    the loudness floor): the indexer lists it as silent rather than as a failure."""

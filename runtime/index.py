@@ -4,9 +4,9 @@
     python -m runtime.index PAGES_DIR --out PAGES --kind pages
 
 Scans the folder recursively, embeds what is new or changed, drops what was deleted,
-records undecodable files with their reason, and swaps the result in atomically: an
-interrupted run leaves the previous library as it was. See ``runtime/library.py`` for
-the folder format.
+records undecodable files with their reason (and silent ones as silent), and publishes the
+result atomically: an interrupted run leaves the previous library as it was, and the next
+run resumes where it stopped. See ``runtime/library/__init__.py`` for the folder format.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .cli import Parser, add_common_options, run_main
+from .cli import Parser, Progress, add_common_options, run_main
 from .library import KINDS
 
 PROG = "python -m runtime.index"
@@ -29,8 +29,11 @@ def build_parser() -> Parser:
                     "window embedded, plus one pooled embedding and the track's mood distribution. Re-running "
                     "it updates the library incrementally. With --kind pages it indexes manga pages instead, "
                     "for music -> pages search.",
-        epilog="Exit status: 0 on success (files that could not be decoded are listed and skipped), "
-               "2 on bad input (no such folder, no audio in it, a bad bundle) with one line on stderr.")
+        epilog="Progress is saved every few files: an interrupted run (Ctrl-C, a crash, a power cut) resumes "
+               "where it stopped when run again, and never leaves a half-built library. "
+               "Exit status: 0 on success (files that could not be decoded, and silent ones, are listed and "
+               "skipped), 2 on bad input (no such folder, no audio in it, a bad bundle) with one line on stderr, "
+               "130 when interrupted (progress kept).")
     p.add_argument("source", metavar="MUSIC_DIR", help="folder to scan (recursively; hidden files are skipped)")
     p.add_argument("--out", metavar="LIBRARY", default=None,
                    help=f"library folder to create or update (default: MUSIC_DIR/{DEFAULT_OUT_NAME})")
@@ -43,6 +46,10 @@ def build_parser() -> Parser:
                         "centre crop)")
     p.add_argument("--rebuild", action="store_true",
                    help="ignore the existing library and embed everything again (needed after changing bundle)")
+    p.add_argument("--no-hub-correction", action="store_true",
+                   help="music only: rank tracks by the plain cosine. By default the library stores the mean "
+                        "embedding of its tracks and ranks each track by its direction away from it, so that no "
+                        "track comes first for most pages (see the README, 'Hubs')")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     add_common_options(p)
     return p
@@ -56,18 +63,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(args.source) / DEFAULT_OUT_NAME
     encoders = Encoders(args.bundle, device=args.device, precision=args.precision, threads=args.threads,
                         selfcheck=False if args.no_selfcheck else None, cache_dir=args.cache_dir)
-    report = build_library(args.source, out, encoders, kind=args.kind, mode=args.mode, rebuild=args.rebuild,
-                           progress=False if args.quiet else None)
+    bars: list[Progress] = []
+
+    def progress(done: int, total: int, note: str) -> None:
+        if not bars:  # the total is known once the library has planned the run
+            bars.append(Progress(total, "indexing music" if args.kind == "music" else "indexing pages",
+                                 enabled=False if args.quiet else None))
+        bars[0].update(1, note)
+
+    try:
+        report = build_library(args.source, out, encoders, kind=args.kind, mode=args.mode, rebuild=args.rebuild,
+                               progress=progress, hub_correction=not args.no_hub_correction)
+    finally:
+        for bar in bars:
+            bar.close()
     for f in report.failures:
         sys.stderr.write(f"skipped {f.path}: {f.reason}\n")
+    for f in report.silent:
+        sys.stderr.write(f"silent {f.path}: {f.reason}\n")
     if not args.quiet:
         what = "tracks" if report.kind == "music" else "pages"
         print(f"{report.library}: {report.tracks} {what}, {report.windows} windows "
               f"({report.new} new, {report.changed} changed, {report.unchanged} unchanged, {report.moved} moved, "
-              f"{report.removed} removed, {len(report.failures)} skipped) in {report.wall_seconds:.1f} s")
+              f"{report.removed} removed, {len(report.failures)} skipped, {len(report.silent)} silent"
+              + (f", {report.resumed} from an interrupted run" if report.resumed else "")
+              + f") in {report.wall_seconds:.1f} s")
+        if not report.published:
+            print("nothing changed: no new generation written")
         if report.seconds_embedded:
             print(f"embedded {report.seconds_embedded:.1f} s of audio at "
                   f"{report.seconds_embedded / max(report.wall_seconds, 1e-9):.1f}x real time")
+        if report.ann_recall_at_10 is not None:
+            print(f"approximate index: recall@10 {report.ann_recall_at_10:.3f} against exact search")
     return 0
 
 

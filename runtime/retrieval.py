@@ -2,14 +2,17 @@
 
 page -> music (the product), text -> music, music -> pages (through a pages index built
 like a music library), music -> moods. A page and a track are compared by the cosine of
-the page embedding and the track's pooled embedding; the track's best window (where to
-start playing) is the window closest to the page. Tags are zero-shot classification
+the page embedding and the track's direction away from the library's mean track (the hub
+correction, ``runtime/library/hubs.py``: without it one odd track came first for a quarter
+to a third of all pages and texts); ``TrackHit.cosine`` keeps the plain cosine. The track's
+best window (where to start playing) is the window closest to the page. Tags are zero-shot classification
 against the label embeddings precomputed in the bundle, so tagging a page needs no text
 encoder: softmax(image_text scale * cosine) for a page's genres and moods, and
 softmax(audio_text scale * cosine) for a track's moods.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +26,7 @@ from .errors import LibraryError
 from .library import Library, TrackInfo, label_distribution, open_library
 
 Dist = tuple[tuple[str, float], ...]
+log = logging.getLogger("manga_music")
 
 
 def _sorted(dist: Dist, top: int | None = None) -> Dist:
@@ -39,11 +43,12 @@ class TrackHit:
     """A track that fits a query."""
 
     path: str
-    score: float  # cosine of the query and the track's pooled embedding
+    score: float  # what the ranking used: the cosine with the track's centred direction (hub correction)
     best_start_seconds: float  # start of the window closest to the query
     top_mood: str
     moods: Dist  # the track's own mood distribution, most likely first
     duration: float | None
+    cosine: float | None = None  # cosine of the query and the track's pooled embedding
 
 
 @dataclass(frozen=True)
@@ -168,19 +173,29 @@ class Retriever:
         return _sorted(self._tags(page_emb, "genres", s), 3), _sorted(self._tags(page_emb, "moods", s))
 
     # -- music search ------------------------------------------------------------------------
-    def _hit(self, lib: Library, row: int, score: float, query: np.ndarray) -> TrackHit:
-        info = lib.track(row)
-        start, _ = lib.best_window(info, query)
-        return TrackHit(str(info.path), float(score), start, info.top_mood, _sorted(info.moods), info.duration)
+    def _hit(self, lib: Library, row: int, score: float, query: np.ndarray) -> TrackHit | None:
+        try:
+            info = lib.track(row)
+            start, _ = lib.best_window(info, query)
+        except LibraryError as exc:  # a damaged record: the other hits still stand
+            log.warning(str(exc))
+            return None
+        cosine = float(lib.pooled(row) @ np.asarray(query, np.float32))
+        return TrackHit(str(info.path), float(score), start, info.top_mood, _sorted(info.moods), info.duration,
+                        cosine)
 
-    def search_tracks(self, embeddings: np.ndarray, top_k: int = 10) -> list[tuple[TrackHit, ...]]:
-        """Top-k tracks for each row of ``embeddings`` (unit vectors of any modality)."""
+    def search_tracks(self, embeddings: np.ndarray, top_k: int = 10, correct: bool = True) -> list[tuple[TrackHit, ...]]:
+        """Top-k tracks for each row of ``embeddings`` (unit vectors of any modality);
+        ``correct``: rank by the hub-corrected score (the default)."""
         if len(embeddings) == 0:
             return []
         lib = self.library
-        hits = lib.index.search(embeddings, top_k)
-        return [tuple(self._hit(lib, int(r), s, q) for s, r in zip(hs, rs) if r >= 0)
-                for q, hs, rs in zip(embeddings, hits.scores, hits.ids)]
+        hits = lib.index.search(embeddings, top_k, correct=correct)
+        out = []
+        for q, hs, rs in zip(embeddings, hits.scores, hits.ids):
+            found = (self._hit(lib, int(r), s, q) for s, r in zip(hs, rs) if r >= 0)
+            out.append(tuple(h for h in found if h is not None))
+        return out
 
     def query_many(self, images: Sequence[Any], top_k: int = 10, mode: str | None = None,
                    batch_size: int = 8) -> list[PageResult]:
@@ -223,7 +238,7 @@ class Retriever:
         entry = self._library_entry(track)
         if entry is not None:
             lib, info = entry
-            return np.asarray(lib.tracks[info.row], dtype=np.float32), _sorted(info.moods)
+            return lib.pooled(info.row), _sorted(info.moods)
         emb = self.encoders.embed_audio([track])[0]
         return emb, _sorted(self._tags(emb, "moods", self.bundle.manifest.logit_scales.audio_text))
 
@@ -246,7 +261,11 @@ class Retriever:
         for s, r in zip(hits.scores[0], hits.ids[0]):
             if r < 0:
                 continue
-            info = idx.track(int(r))
+            try:
+                info = idx.track(int(r))
+            except LibraryError as exc:
+                log.warning(str(exc))
+                continue
             top_genre = max(info.genres or (("", 0.0),), key=lambda kv: kv[1])[0]
             out.append(PageHit(str(info.path), float(s), top_genre, info.top_mood))
         return tuple(out)

@@ -3,8 +3,10 @@
 Scores are inner products of unit vectors, i.e. cosines. ``ExactIndex`` is one matrix
 product (chunked so a memory-mapped catalogue is streamed, never copied whole) and an
 ``argpartition`` for the top k: for up to a few hundred thousand tracks this is a few tens
-of milliseconds and exactly right. ``FaissIndex`` (HNSW, optional ``faiss-cpu``) takes over
-past ``FAISS_THRESHOLD`` rows when faiss is installed. Both return ``SearchHits``.
+of milliseconds and exactly right. ``FaissIndex`` (HNSW, optional ``faiss-cpu``) serves
+catalogues past ``FAISS_THRESHOLD`` rows; it is only ever *built* at index time
+(``FaissIndex.build``, called by the library builder) and loaded at query time: a query
+never pays for building one. Both return ``SearchHits``.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class SearchHits:
 class VectorIndex(Protocol):
     def __len__(self) -> int: ...
 
-    def search(self, queries: np.ndarray, k: int) -> SearchHits: ...
+    def search(self, queries: np.ndarray, k: int, correct: bool = True) -> SearchHits: ...
 
 
 def _as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
@@ -76,7 +78,9 @@ class ExactIndex:
     def dim(self) -> int:
         return int(self.matrix.shape[1])
 
-    def search(self, queries: np.ndarray, k: int) -> SearchHits:
+    def search(self, queries: np.ndarray, k: int, correct: bool = True) -> SearchHits:
+        """Top-k rows by cosine. ``correct`` is accepted for the ``VectorIndex`` interface;
+        a bare matrix has no hub terms to correct with."""
         q = _as_queries(queries, self.dim)
         n = len(self)
         if n <= _CHUNK_ROWS:
@@ -144,22 +148,40 @@ class FaissIndex:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
-    def search(self, queries: np.ndarray, k: int) -> SearchHits:
+    def search(self, queries: np.ndarray, k: int, correct: bool = True,
+               exclude: np.ndarray | None = None) -> SearchHits:
+        """Top-k by inner product; ``exclude``: row ids never returned (deleted rows).
+        Missing hits (fewer than k rows left) have id -1. ``correct`` as for ``ExactIndex``:
+        the library's segmented index applies hub terms itself."""
         q = _as_queries(queries, self.dim)
-        k = min(k, len(self))
+        n_ex = 0 if exclude is None else len(exclude)
+        k = min(k, len(self) - n_ex)
         if k <= 0:
             return SearchHits(np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64))
-        scores, ids = self.index.search(np.ascontiguousarray(q), k)
+        if n_ex:
+            faiss = _faiss()
+            sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(exclude, dtype=np.int64)))
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(int(self.index.hnsw.efSearch), k))
+            scores, ids = self.index.search(np.ascontiguousarray(q), k, params=params)
+        else:
+            scores, ids = self.index.search(np.ascontiguousarray(q), k)
         return SearchHits(np.asarray(scores, np.float32), np.asarray(ids, np.int64))
 
 
 def make_index(matrix: np.ndarray, faiss_path: str | Path | None = None, kind: str = "auto") -> VectorIndex:
-    """``exact``, ``faiss`` (an error if faiss is missing), or ``auto``: FAISS only past
-    ``FAISS_THRESHOLD`` rows and only if faiss is installed, else exact."""
+    """``exact``; ``faiss``: the saved index at ``faiss_path`` (an error if faiss is missing
+    or there is no saved index); ``auto``: the saved FAISS index past ``FAISS_THRESHOLD``
+    rows when faiss is installed and the file exists, else exact. Never builds an index:
+    that is index-time work (``FaissIndex.build``)."""
     if kind not in ("auto", "exact", "faiss"):
         raise ValueError(f"unknown index kind {kind!r} (auto, exact, faiss)")
-    if kind == "exact" or (kind == "auto" and (matrix.shape[0] < FAISS_THRESHOLD or not faiss_available())):
-        return ExactIndex(matrix)
-    if faiss_path is not None and Path(faiss_path).is_file():
+    saved = faiss_path is not None and Path(faiss_path).is_file()
+    if kind == "faiss":
+        _faiss()
+        if not saved:
+            raise LibraryError(f"no saved approximate index at {faiss_path}; build it at index time "
+                               f"(python -m runtime.index) rather than at query time")
         return FaissIndex.load(faiss_path)
-    return FaissIndex.build(matrix)
+    if kind == "auto" and saved and matrix.shape[0] >= FAISS_THRESHOLD and faiss_available():
+        return FaissIndex.load(faiss_path)
+    return ExactIndex(matrix)

@@ -415,6 +415,113 @@ def write_bad_inputs(folder: str | Path) -> dict[str, Path]:
     return out
 
 
+# -- hostile audio, made cheaply -------------------------------------------------------------
+def _crc8(data: bytes) -> int:
+    c = 0
+    for b in data:
+        c ^= b
+        for _ in range(8):
+            c = ((c << 1) ^ 0x07) & 0xFF if c & 0x80 else (c << 1) & 0xFF
+    return c
+
+
+def _crc16_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i << 8
+        for _ in range(8):
+            c = ((c << 1) ^ 0x8005) & 0xFFFF if c & 0x8000 else (c << 1) & 0xFFFF
+        table.append(c)
+    return table
+
+
+_CRC16 = _crc16_table()
+
+
+def _crc16(data: bytes) -> int:
+    c = 0
+    for b in data:
+        c = ((c << 8) & 0xFFFF) ^ _CRC16[(c >> 8) ^ b]
+    return c
+
+
+def _flac_utf8(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    if n < 0x800:
+        return bytes([0xC0 | n >> 6, 0x80 | n & 0x3F])
+    if n < 0x10000:
+        return bytes([0xE0 | n >> 12, 0x80 | (n >> 6) & 0x3F, 0x80 | n & 0x3F])
+    return bytes([0xF0 | n >> 18, 0x80 | (n >> 12) & 0x3F, 0x80 | (n >> 6) & 0x3F, 0x80 | n & 0x3F])
+
+
+def constant_flac(path: str | Path, seconds: float, channels: int = 8, value: int = 8000) -> Path:
+    """A valid FLAC of ``channels`` x 96 kHz x 16 bit holding one constant sample value.
+    Every frame is CONSTANT subframes (~30 bytes per 32768 samples), so 87 minutes of
+    8-channel audio (what decoding whole at the native rate would need 16 GB for) is 0.5 MB."""
+    rate, block = 96000, 32768
+    total = int(seconds * rate)
+    streaminfo = struct.pack(">HH", block, block) + bytes(6)
+    streaminfo += ((rate << 44) | ((channels - 1) << 41) | (15 << 36) | total).to_bytes(8, "big") + bytes(16)
+    out = bytearray(b"fLaC" + bytes([0x80]) + len(streaminfo).to_bytes(3, "big") + streaminfo)
+    sub = b"".join(b"\x00" + struct.pack(">h", value) for _ in range(channels))
+    for i in range(-(-total // block)):
+        n = min(block, total - i * block)
+        code = 0b1111 if n == block else 0b0111  # 32768, or a 16-bit (size - 1) after the number
+        hdr = bytes([0xFF, 0xF8, (code << 4) | 0b1011, ((channels - 1) << 4) | (0b100 << 1)]) + _flac_utf8(i)
+        if n != block:
+            hdr += struct.pack(">H", n - 1)
+        frame = hdr + bytes([_crc8(hdr)]) + sub
+        out += frame + struct.pack(">H", _crc16(frame))
+    Path(path).write_bytes(bytes(out))
+    return Path(path)
+
+
+def long_sparse_wav(path: str | Path, hours: float = 10.0, rate: int = 8000, tone_seconds: float = 60.0) -> Path:
+    """A mono 16-bit WAV whose header says ``hours`` long: ``tone_seconds`` of a tone, then
+    zeros that are a hole in the file (sparse), so 10 hours cost ~1 MB of disk."""
+    import soundfile as sf
+
+    path = Path(path)
+    n = int(hours * 3600 * rate)
+    t = np.arange(int(tone_seconds * rate)) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 330 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 0.1 * t))).astype(np.float32)
+    sf.write(str(path), tone, rate, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    # RIFF size and data size say 10 h; the file is then extended with a hole.
+    pos = data.index(b"data")
+    struct.pack_into("<I", data, 4, 36 + 2 * n)
+    struct.pack_into("<I", data, pos + 4, 2 * n)
+    path.write_bytes(bytes(data))
+    with open(path, "r+b") as f:
+        f.truncate(pos + 8 + 2 * n)
+    return path
+
+
+def wav_header_claiming_rate(path: str | Path, rate: int) -> Path:
+    """A short WAV whose header claims sample rate ``rate``."""
+    import soundfile as sf
+
+    sf.write(str(path), np.full(4000, 0.3, np.float32), 8000, subtype="PCM_16")
+    data = bytearray(Path(path).read_bytes())
+    struct.pack_into("<I", data, 24, rate)
+    struct.pack_into("<I", data, 28, min(rate * 2, 0xFFFFFFFF))
+    Path(path).write_bytes(bytes(data))
+    return Path(path)
+
+
+def jpeg_header_claiming(width: int, height: int) -> bytes:
+    """A tiny JPEG whose frame header claims width x height."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), 128).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
 # -- the world ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TinyWorld:
@@ -458,6 +565,20 @@ def world(tmp_path_factory) -> TinyWorld:
     return tiny_world(tmp_path_factory.mktemp("tiny_world"))
 
 
+@pytest.fixture(scope="session")
+def enc(world):
+    """CPU encoders of the tiny bundle, one thread (library tests build with them)."""
+    from runtime.encoders import Encoders
+
+    return Encoders(world.bundle, device="cpu", threads=1)
+
+
+@pytest.fixture()
+def music(world, tmp_path) -> Path:
+    """A private, modifiable copy of the generated music folder."""
+    return shutil.copytree(world.music, tmp_path / "music")
+
+
 def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 60):
     """Run ``python -m module args`` from the repo root; returns CompletedProcess (text)."""
     import os
@@ -468,49 +589,79 @@ def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 6
                           capture_output=True, text=True, timeout=timeout)
 
 
+class _SyntheticRecords:
+    """A lazy sequence of ``NewRecord``s made of random unit vectors, generated a block at
+    a time (a million tracks never sit in memory at once)."""
+
+    def __init__(self, n: int, windows_per_track: int, d: int, hop: float, seed: int, start: int = 0):
+        self.n, self.w, self.d, self.hop, self.seed, self.start = n, windows_per_track, d, hop, seed, start
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, sl):
+        from runtime.library.segments import NewRecord
+
+        lo, hi, _ = sl.indices(self.n)
+        rng = np.random.default_rng([self.seed, self.start + lo])
+        w = rng.standard_normal(((hi - lo) * self.w, self.d)).astype(np.float32)
+        w /= np.linalg.norm(w, axis=1, keepdims=True)
+        # float16 storage first, so the pooled row is the mean of the windows as stored
+        w = w.astype(np.float16).astype(np.float32)
+        w /= np.linalg.norm(w, axis=1, keepdims=True)
+        starts = np.arange(self.w, dtype=np.float64) * self.hop
+        out = []
+        for j in range(hi - lo):
+            i = self.start + lo + j
+            win = w[j * self.w:(j + 1) * self.w]
+            pooled = win.mean(0)
+            out.append(NewRecord(f"track{i:07d}.mp3", 0, 0, f"{i:064x}", "ok", duration=180.0, windows=win,
+                                 starts=starts, pooled=pooled / np.linalg.norm(pooled)))
+        return out
+
+
 def synthetic_library(out: str | Path, bundle_dir: str | Path, n_tracks: int, windows_per_track: int = 8,
-                      seed: int = 0) -> Path:
-    """A valid music library of ``n_tracks`` random unit vectors, written straight in the
-    library folder format (no audio, no encoder): for latency tests at catalogue sizes
-    that real indexing would take hours to reach. Track paths point nowhere."""
-    import sqlite3
-
-    from numpy.lib.format import open_memmap
-
-    from runtime import library as libmod
+                      seed: int = 0, segment_tracks: int | None = None, music_root: str | Path | None = None,
+                      centre: bool = False, ann: bool = False) -> Path:
+    """A valid music library of ``n_tracks`` random unit vectors, written through the
+    library's own segment writer (no audio, no encoder): for catalogue sizes that real
+    indexing would take days to reach. One segment (or one per ``segment_tracks``); paths
+    ``trackNNNNNNN.mp3`` (size 0, mtime 0) under ``music_root`` (default: nowhere). With
+    ``centre``, the hub correction's centre, and with ``ann`` the approximate index, as the
+    indexer stores them (the index only where faiss is installed and the library is large
+    enough for the indexer to build one)."""
+    from runtime.audio_preprocess import LOUDNESS_FLOOR_DBFS, MAX_TRACK_SECONDS
     from runtime.bundle import Bundle
+    from runtime.library.builder import root_ref
+    from runtime.library.publishing import BuildRun, ann_entries, centre_entry
+    from runtime.library.schema import GenerationManifest, RootRef, generation_name
+    from runtime.library.segments import write_segment
+    from runtime.library.storage import write_json_atomic
 
     b = Bundle.load(bundle_dir)
     d = b.embed_dim
     out = Path(out)
-    gen = out / "gen-000001"
-    gen.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    tracks = open_memmap(gen / libmod.TRACKS_NAME, "w+", np.float32, (n_tracks, d))
-    windows = open_memmap(gen / libmod.WINDOWS_NAME, "w+", libmod.WINDOW_DTYPE, (n_tracks * windows_per_track, d))
-    chunk = 8192
-    for lo in range(0, n_tracks, chunk):
-        hi = min(n_tracks, lo + chunk)
-        w = rng.standard_normal(((hi - lo) * windows_per_track, d)).astype(np.float32)
-        w /= np.linalg.norm(w, axis=1, keepdims=True)
-        windows[lo * windows_per_track:hi * windows_per_track] = w
-        pooled = w.reshape(hi - lo, windows_per_track, d).mean(1)
-        tracks[lo:hi] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
-    starts = np.tile(np.arange(windows_per_track, dtype=np.float64) * b.manifest.audio.hop_seconds, n_tracks)
-    np.save(gen / libmod.STARTS_NAME, starts)
-    tracks.flush()
-    windows.flush()
-    moods = json.dumps({c: round(1 / 7, 6) for c in b.manifest.label_set("moods").classes})
-    db = sqlite3.connect(gen / libmod.DB_NAME)
-    db.executescript(libmod._SCHEMA_SQL)
-    db.executemany("INSERT INTO meta VALUES (?, ?)", {
-        "schema_version": str(libmod.LIBRARY_SCHEMA_VERSION), "kind": "music", "bundle_fingerprint": b.fingerprint,
-        "model_name": b.manifest.model.name, "embed_dim": str(d), "root": "/synthetic", "created": "synthetic",
-        "updated": "synthetic", "precision": "int8"}.items())
-    db.executemany("INSERT INTO tracks VALUES (?, ?, 0, 0, ?, 180.0, ?, ?, ?, 'Happy music', NULL, 'ok')",
-                   ((i, f"track{i:07d}.mp3", f"{i:064x}", i * windows_per_track, windows_per_track, moods)
-                    for i in range(n_tracks)))
-    db.commit()
-    db.close()
-    (out / libmod.CURRENT_NAME).write_text(gen.name + "\n")
+    seg_dir = out / "segments"
+    seg_dir.mkdir(parents=True)
+    per = segment_tracks or n_tracks
+    refs = []
+    for sid, lo in enumerate(range(0, n_tracks, per)):
+        n = min(per, n_tracks - lo)
+        recs = _SyntheticRecords(n, windows_per_track, d, b.manifest.audio.hop_seconds, seed, lo)
+        refs.append(write_segment(seg_dir, sid, recs, kind="music", dim=d, bundle_fingerprint=b.fingerprint,
+                                  labels=b.manifest.label_set("moods"), genres=None,
+                                  scale=b.manifest.logit_scales.audio_text, counts=(n, n * windows_per_track)))
+    hub_spec = ann_spec = None
+    if centre or ann:
+        run = BuildRun(out, seg_dir, "music", d, b.fingerprint, b, centre, [], len(refs), "")
+        hub_spec, c = centre_entry(run, refs)
+        if ann:
+            refs, ann_spec = ann_entries(run, refs, c, None)
+        run.close()
+    root = root_ref(out, Path(music_root).resolve()) if music_root is not None else RootRef(None, "/synthetic")
+    m = GenerationManifest(1, "music", b.fingerprint, b.manifest.model.name, d, "int8", root,
+                           "synthetic", "synthetic", LOUDNESS_FLOOR_DBFS, MAX_TRACK_SECONDS, tuple(refs), len(refs),
+                           hub_spec, ann_spec)
+    write_json_atomic(out / generation_name(1), m.to_dict())
+    (out / "CURRENT").write_text(generation_name(1) + "\n")
     return out

@@ -1,48 +1,43 @@
-"""The music library (runtime/library.py, runtime/index.py) and search (runtime/search.py):
-format, tags, incremental updates, failures, atomicity under crashes, bundle checks."""
+"""The music library (runtime/library/, runtime/index.py) and search (runtime/search.py):
+format, contents, tags, incremental updates, failures, bundle checks, validation of every
+library file, and the search indexes. Segments, readers and resuming are in
+test_runtime_library_segments.py; hostile inputs in test_runtime_library_bad_inputs.py;
+hubs and the approximate index in test_runtime_library_hubs.py."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
-import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import runtime_fixtures as rf
-from runtime_fixtures import world  # noqa: F401  (session fixture)
+from runtime_fixtures import enc, music, world  # noqa: F401  (fixtures)
 
 from runtime.bundle import Bundle
 from runtime.encoders import Encoders, l2_normalise
 from runtime.errors import InputError, LibraryError
 from runtime.library import Library, build_library, softmax
+from runtime.library.schema import RECORD_COLUMNS, GenerationManifest
+from runtime.retrieval import Retriever
 from runtime.search import ExactIndex, FaissIndex, make_index, top_k
 
 
-@pytest.fixture(scope="module")
-def enc(world):  # noqa: F811
-    return Encoders(world.bundle, device="cpu", threads=1)
-
-
-@pytest.fixture()
-def music(world, tmp_path):  # noqa: F811
-    """A private, modifiable copy of the generated music folder."""
-    return shutil.copytree(world.music, tmp_path / "music")
-
-
-def _gens(lib_dir):
+def gens(lib_dir):
     return sorted(p.name for p in lib_dir.iterdir() if p.name.startswith("gen-"))
 
 
-def _state(lib_dir):
-    lib = Library.open(lib_dir)
-    try:
+def state(lib_dir):
+    with Library.open(lib_dir) as lib:
         return {i.relpath: i.sha256 for i in lib.all_tracks()}, np.array(lib.tracks)
-    finally:
-        lib.close()
+
+
+def manifest_of(lib_dir) -> dict:
+    return json.loads((lib_dir / (lib_dir / "CURRENT").read_text().strip()).read_text())
 
 
 # -- format and contents ------------------------------------------------------------------------
@@ -51,19 +46,21 @@ def test_library_holds_every_track_with_windows_pooled_and_moods(world, enc):  #
     infos = list(lib.all_tracks())
     assert sorted(i.relpath for i in infos) == sorted(
         ["a/sine_stereo.wav", "a/noise.flac", "b/chirp.ogg", "b/deep/square.mp3", "short.wav"])  # no .hidden, no .txt
+    assert [i.row for i in infos] == list(range(len(lib)))
     assert lib.meta.kind == "music" and lib.meta.bundle_fingerprint == enc.bundle.fingerprint
     assert lib.meta.precision == "int8" and lib.meta.embed_dim == rf.EMBED_DIM
-    assert lib.tracks.dtype == np.float32 and isinstance(lib.tracks, np.memmap)
-    assert lib.windows.dtype == np.float16 and lib.windows.shape[0] == sum(i.window_count for i in infos)
+    assert lib.tracks.dtype == np.float32 and lib.tracks.shape == (5, rf.EMBED_DIM)
     moods = enc.bundle.manifest.label_set("moods")
     scale = enc.bundle.manifest.logit_scales.audio_text
     for info in infos:
         te = enc.embed_track(info.path)
         assert info.window_count == len(te.starts)
         np.testing.assert_allclose(lib.tracks[info.row], te.pooled, atol=1e-5)
-        win = np.asarray(lib.windows[info.window_offset:info.window_offset + info.window_count], np.float32)
+        np.testing.assert_allclose(lib.pooled(info.row), te.pooled, atol=1e-5)
+        win, starts = lib.windows_of(info.row)
+        assert win.dtype == np.float32 and win.shape == te.windows.shape
         np.testing.assert_allclose(win, te.windows, atol=2e-3)  # float16 storage
-        np.testing.assert_allclose(lib.starts[info.window_offset:info.window_offset + info.window_count], te.starts)
+        np.testing.assert_allclose(starts, te.starts)
         assert info.duration == pytest.approx(te.duration, abs=1e-3)
         expected = softmax(scale * (moods.embeddings @ te.pooled))
         got = dict(info.moods)
@@ -74,21 +71,31 @@ def test_library_holds_every_track_with_windows_pooled_and_moods(world, enc):  #
     lib.close()
 
 
-def test_sqlite_schema_is_what_the_docs_say(world):  # noqa: F811
-    gen = (world.library / (world.library / "CURRENT").read_text().strip())
-    db = sqlite3.connect(gen / "library.sqlite")
-    cols = [r[1] for r in db.execute("PRAGMA table_info(tracks)")]
-    assert cols == ["row", "path", "size", "mtime_ns", "content_sha256", "duration", "window_offset",
-                    "window_count", "moods", "top_mood", "genres", "status"]
-    meta = dict(db.execute("SELECT key, value FROM meta"))
-    assert {"schema_version", "kind", "bundle_fingerprint", "embed_dim", "root", "created"} <= set(meta)
-    assert json.loads(db.execute("SELECT moods FROM tracks LIMIT 1").fetchone()[0]).keys()
-    db.close()
+def test_files_on_disk_are_what_the_docs_say(world):  # noqa: F811
+    cur = (world.library / "CURRENT").read_text().strip()
+    assert cur == "gen-000001.json"
+    d = manifest_of(world.library)
+    m = GenerationManifest.from_dict(d, cur)  # the writer produces what the reader accepts
+    assert d["format"] == "manga-music-library" and d["schema_version"] == 2 and d["window_dtype"] == "float16"
+    assert m.kind == "music" and m.loudness_floor_dbfs == -60.0 and m.hub is not None and m.hub.method == "track-centring"
+    assert m.root.absolute == str(world.music.resolve()) and m.root.relative == "../music"
+    seg_dir = world.library / "segments"
+    for ref in m.segments:
+        for f in ref.all_files():
+            assert (seg_dir / f.name).stat().st_size == f.bytes
+        db = sqlite3.connect(seg_dir / ref.file("db").name)
+        assert tuple(r[1] for r in db.execute("PRAGMA table_info(records)")) == RECORD_COLUMNS
+        assert json.loads(db.execute("SELECT moods FROM records WHERE status = 'ok' LIMIT 1").fetchone()[0])
+        db.close()
+        assert np.load(seg_dir / ref.file("pooled").name).dtype == np.float32
+        assert np.load(seg_dir / ref.file("windows").name).dtype == np.float16
+    with Library.open(world.library) as lib:
+        assert lib.verify() == []
 
 
 def test_pages_index_has_genres_and_moods(world, enc):  # noqa: F811
     idx = Library.open(world.pages_index, bundle=enc.bundle)
-    assert idx.kind == "pages" and len(idx) == len(world.pages)
+    assert idx.kind == "pages" and len(idx) == len(world.pages) and idx.manifest.hub is None
     info = idx.find(world.pages["tall"])
     assert info is not None and info.window_count == 1 and info.duration is None
     assert len(info.genres) == 12 and sum(p for _, p in info.genres) == pytest.approx(1, abs=1e-4)
@@ -96,28 +103,59 @@ def test_pages_index_has_genres_and_moods(world, enc):  # noqa: F811
     idx.close()
 
 
-def test_library_moved_with_its_music_still_resolves(world, tmp_path):  # noqa: F811
+# -- where paths start ---------------------------------------------------------------------------------
+def test_library_moved_with_its_music_still_resolves(world, tmp_path, enc):  # noqa: F811
     music = shutil.copytree(world.music, tmp_path / "m1")
-    enc = Encoders(world.bundle, device="cpu", threads=1)
     build_library(music, music / ".lib", enc, progress=False)
     moved = music.rename(tmp_path / "m2")
-    lib = Library.open(moved / ".lib")
-    assert lib.meta.root == moved.resolve()
-    assert all(i.path.is_file() for i in lib.all_tracks())
-    lib.close()
+    with Library.open(moved / ".lib") as lib:
+        assert lib.meta.root == moved.resolve()
+        assert all(i.path.is_file() for i in lib.all_tracks())
+
+
+def test_a_root_named_with_a_pipe_resolves(world, tmp_path, enc):  # noqa: F811
+    """The old "REL|ABS" root encoding split 'my|music' in two; the root is JSON now."""
+    music = shutil.copytree(world.music, tmp_path / "my|music")
+    build_library(music, tmp_path / "lib", enc, progress=False)
+    with Library.open(tmp_path / "lib") as lib:
+        assert lib.meta.root == music.resolve()
+        assert all(i.path.is_file() for i in lib.all_tracks()) and len(lib) == 5
+    with Retriever(bundle=world.bundle, library=tmp_path / "lib", device="cpu", threads=1) as r:
+        assert all(os.path.isfile(t.path) for t in r.query(world.pages["tall"], top_k=5).tracks)
+
+
+def test_root_across_windows_drives_is_stored_absolute(world, tmp_path, enc, monkeypatch):  # noqa: F811
+    """os.path.relpath raises ValueError across Windows drives: the root is then stored
+    absolute only, decided before any embedding (it used to fail after all the work)."""
+    music = shutil.copytree(world.music, tmp_path / "C" / "music")
+    real = os.path.relpath
+
+    def relpath(path, start=os.curdir):
+        drive = lambda p: Path(p).resolve().relative_to(tmp_path.resolve()).parts[0]  # noqa: E731
+        if drive(path) != drive(start):
+            raise ValueError("path is on mount 'C:', start on mount 'D:'")
+        return real(path, start)
+    monkeypatch.setattr("runtime.library.builder.os.path.relpath", relpath)
+    report = build_library(music, tmp_path / "D" / "lib", enc, progress=False)
+    assert report.tracks == 5
+    root = manifest_of(tmp_path / "D" / "lib")["root"]
+    assert root == {"relative": None, "absolute": str(music.resolve())}
+    with Library.open(tmp_path / "D" / "lib") as lib:
+        assert lib.meta.root == music.resolve() and all(i.path.is_file() for i in lib.all_tracks())
 
 
 # -- incremental -------------------------------------------------------------------------------
 def test_incremental_updates(music, tmp_path, enc):
     out = tmp_path / "lib"
     r1 = build_library(music, out, enc, progress=False)
-    assert (r1.tracks, r1.new, r1.unchanged) == (5, 5, 0)
-    paths1, tracks1 = _state(out)
+    assert (r1.tracks, r1.new, r1.unchanged, r1.generation, r1.published) == (5, 5, 0, 1, True)
+    paths1, tracks1 = state(out)
 
     embedded = []
     r2 = build_library(music, out, enc, progress=False, on_file=embedded.append)
     assert embedded == [] and (r2.unchanged, r2.new, r2.changed) == (5, 0, 0)
-    paths2, tracks2 = _state(out)
+    assert (r2.published, r2.generation, r2.bytes_written) == (False, 1, 0)  # a no-op writes nothing
+    paths2, tracks2 = state(out)
     assert paths2 == paths1 and np.array_equal(tracks1, tracks2)
 
     rf.write_extra_track(music / "a" / "sine_stereo.wav", seconds=3.0, freq=220)  # changed content
@@ -128,43 +166,53 @@ def test_incremental_updates(music, tmp_path, enc):
     r3 = build_library(music, out, enc, progress=False, on_file=embedded.append)
     assert sorted(p.name for p in embedded) == ["new.wav", "sine_stereo.wav"]  # the move is not re-embedded
     assert (r3.new, r3.changed, r3.moved, r3.removed, r3.unchanged, r3.tracks) == (1, 1, 1, 1, 2, 5)
-    paths3, _ = _state(out)
+    assert r3.published and r3.generation == 2
+    paths3, _ = state(out)
     assert "a/noise.flac" not in paths3 and "b/chirp_renamed.ogg" in paths3
     assert paths3["b/chirp_renamed.ogg"] == paths1["b/chirp.ogg"]
     assert paths3["a/sine_stereo.wav"] != paths1["a/sine_stereo.wav"]
-    assert _gens(out) == ["gen-000003"]  # old generations are cleaned up
+    assert gens(out) == ["gen-000002.json"]  # the old generation is collected (no reader holds it)
+    # a touched file (same bytes, new mtime) reuses its embeddings
+    os.utime(music / "new.wav", ns=(1, 1))
+    embedded.clear()
+    r4 = build_library(music, out, enc, progress=False, on_file=embedded.append)
+    assert embedded == [] and r4.unchanged == 5 and r4.published  # its record's mtime changed
 
 
-def test_unreadable_files_are_recorded_and_skipped(music, tmp_path, world, enc):  # noqa: F811
+def test_unreadable_and_silent_files_are_recorded_and_skipped(music, tmp_path, world, enc):  # noqa: F811
     for key in ("text_as_mp3", "silent_audio", "empty_audio"):
         shutil.copy(world.bad[key], music / world.bad[key].name)
     out = tmp_path / "lib"
     report = build_library(music, out, enc, progress=False)
     assert report.tracks == 5
     reasons = {f.path.rsplit("/", 1)[-1]: f.reason for f in report.failures}
-    assert set(reasons) == {"lyrics.mp3", "silent.wav", "empty.wav"}
-    assert "silent" in reasons["silent.wav"] and "no samples" in reasons["empty.wav"]
-    lib = Library.open(out)
-    assert {f.path.rsplit("/", 1)[-1] for f in lib.failures()} == set(reasons)
-    lib.close()
+    assert set(reasons) == {"lyrics.mp3", "empty.wav"}
+    assert "no samples" in reasons["empty.wav"] and all("\n" not in r for r in reasons.values())
+    assert [s.path.rsplit("/", 1)[-1] for s in report.silent] == ["silent.wav"]
+    assert "silent" in report.silent[0].reason
+    with Library.open(out) as lib:
+        assert {f.path.rsplit("/", 1)[-1] for f in lib.failures()} == set(reasons)
+        assert [s.path for s in lib.silent()] == [s.path for s in report.silent]
+        assert lib.find(music / "silent.wav") is None  # listed, never ranked
     tried = []
     again = build_library(music, out, enc, progress=False, on_file=tried.append)
-    assert tried == [] and len(again.failures) == 3  # unchanged failures are not retried
+    assert tried == [] and len(again.failures) == 2 and len(again.silent) == 1  # not retried until they change
+    assert not again.published
 
 
 def test_nothing_indexable_is_an_input_error_and_leaves_library_alone(world, tmp_path, enc):  # noqa: F811
     lib = shutil.copytree(world.library, tmp_path / "lib")
-    before = _state(lib)
+    before = state(lib)
     with pytest.raises(InputError, match="no audio files found"):
         build_library(world.bad["no_audio_dir"], lib, enc, progress=False)
     bad = tmp_path / "only_bad"
     bad.mkdir()
     shutil.copy(world.bad["text_as_mp3"], bad)
-    with pytest.raises(InputError, match="none of the 1 files could be indexed"):
+    with pytest.raises(InputError, match="none of the 1 files could be indexed .*lyrics.mp3"):
         build_library(bad, lib, enc, progress=False, rebuild=True)
-    after = _state(lib)
+    after = state(lib)
     assert after[0] == before[0] and np.array_equal(after[1], before[1])
-    assert len(_gens(lib)) == 1
+    assert gens(lib) == ["gen-000001.json"]
 
 
 def test_refuses_to_write_into_a_foreign_folder(music, tmp_path, enc):
@@ -173,86 +221,19 @@ def test_refuses_to_write_into_a_foreign_folder(music, tmp_path, enc):
     (foreign / "thesis.tex").write_text("precious")
     with pytest.raises(InputError, match="not a manga-music library"):
         build_library(music, foreign, enc, progress=False)
-    assert (foreign / "thesis.tex").read_text() == "precious"
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
 
 
-# -- atomicity ---------------------------------------------------------------------------------
-def test_failure_mid_build_leaves_previous_library(music, tmp_path, enc):
+def test_an_old_format_library_is_refused_for_reading_and_rebuilt_by_the_indexer(music, tmp_path, enc):
     out = tmp_path / "lib"
-    build_library(music, out, enc, progress=False)
-    before = _state(out)
-    rf.write_extra_track(music / "x.wav")
-    rf.write_extra_track(music / "y.wav", freq=330)
-
-    def boom(path):
-        if path.name == "y.wav":
-            raise RuntimeError("simulated crash")
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        build_library(music, out, enc, progress=False, on_file=boom)
-    after = _state(out)
-    assert after[0] == before[0] and np.array_equal(after[1], before[1])
-    assert _gens(out) == ["gen-000001"]  # the half-built generation was removed
-
-
-_KILL_SCRIPT = textwrap.dedent("""
-    import os, signal, sys
-    sys.path[:0] = [{root!r}]
-    from runtime import library
-    from runtime.encoders import Encoders
-    phase = {phase!r}
-    die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
-    on_file = None
-    if phase == "embedding":
-        seen = []
-        def on_file(p):
-            seen.append(p)
-            if len(seen) == 2:
-                die()
-    elif phase == "writing":
-        library._write_db = die
-    elif phase == "commit":
-        real_replace = os.replace
-        def replace(a, b):
-            if str(b).endswith("CURRENT"):
-                die()
-            real_replace(a, b)
-        library.os.replace = replace
-    elif phase == "cleanup":
-        calls = []
-        real_clean = library._remove_stale_generations
-        def clean(*a, **k):
-            calls.append(1)
-            if len(calls) == 2:
-                die()
-            real_clean(*a, **k)
-        library._remove_stale_generations = clean
-    enc = Encoders({bundle!r}, device="cpu", threads=1)
-    library.build_library({music!r}, {out!r}, enc, progress=False, on_file=on_file)
-""")
-
-
-@pytest.mark.parametrize("phase, survives", [("embedding", "old"), ("writing", "old"), ("commit", "old"),
-                                             ("cleanup", "new")])
-def test_killed_indexer_leaves_a_loadable_library(music, tmp_path, world, phase, survives):  # noqa: F811
-    out = tmp_path / "lib"
-    enc = Encoders(world.bundle, device="cpu", threads=1)
-    build_library(music, out, enc, progress=False)
-    old = _state(out)
-    for i in range(3):
-        rf.write_extra_track(music / f"extra{i}.wav", freq=300 + 50 * i)
-    script = _KILL_SCRIPT.format(root=str(rf.ROOT), phase=phase, bundle=str(world.bundle), music=str(music),
-                                 out=str(out))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == -9, proc.stderr  # it really died by SIGKILL
-    paths, _ = _state(out)  # loads, whatever the moment of death
-    if survives == "old":
-        assert paths == old[0]
-    else:
-        assert len(paths) == 8
-    assert len(_gens(out)) >= 1
-    # The next run completes and leaves exactly one generation behind.
+    (out / "gen-000003").mkdir(parents=True)  # format 1: a folder per generation
+    (out / "gen-000003" / "library.sqlite").write_bytes(b"old")
+    (out / "CURRENT").write_text("gen-000003\n")
+    with pytest.raises(LibraryError, match="older version .* re-run `python -m runtime.index"):
+        Library.open(out)
     report = build_library(music, out, enc, progress=False)
-    assert report.tracks == 8 and len(_gens(out)) == 1
+    assert report.tracks == 5 and report.generation == 4
+    assert not (out / "gen-000003").exists() and gens(out) == ["gen-000004.json"]
 
 
 # -- bundles -------------------------------------------------------------------------------------
@@ -269,17 +250,143 @@ def test_library_from_another_bundle_is_refused(world, tmp_path, music):  # noqa
     Library.open(out, bundle=other).close()
 
 
+# -- validation: damaged and tampered libraries ------------------------------------------------------
+def _edit_manifest(lib, change):
+    path = lib / (lib / "CURRENT").read_text().strip()
+    d = json.loads(path.read_text())
+    change(d)
+    path.write_text(json.dumps(d))
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda lib: (lib / "CURRENT").unlink(), "not a manga-music library"),
-    (lambda lib: (lib / "CURRENT").write_text("../../etc"), "not a generation folder"),
-    (lambda lib: next(lib.glob("gen-*/tracks.npy")).unlink(), "arrays are missing"),
-    (lambda lib: next(lib.glob("gen-*/library.sqlite")).write_bytes(b"junk" * 100), "not a readable library"),
+    (lambda lib: (lib / "CURRENT").write_text("../../etc/passwd"), "not a generation manifest"),
+    (lambda lib: (lib / "CURRENT").write_bytes(b"\xff\xfe" * 9), "cannot read CURRENT"),
+    (lambda lib: (lib / "gen-000001.json").unlink(), "generation manifest is missing"),
+    (lambda lib: (lib / "gen-000001.json").write_text("{\"format\": "), "not valid JSON"),
+    (lambda lib: (lib / "gen-000001.json").write_text("[1, 2]"), "not a JSON object"),
+    (lambda lib: _edit_manifest(lib, lambda d: d.update(embed_dim="16")), r"embed_dim: expected an integer"),
+    (lambda lib: _edit_manifest(lib, lambda d: d.pop("segments")), "missing field 'segments'"),
+    (lambda lib: _edit_manifest(lib, lambda d: d.update(schema_version=99)), "library format 99"),
+    (lambda lib: _edit_manifest(lib, lambda d: d.update(generation=7)), "not the one its file name says"),
+    (lambda lib: _edit_manifest(lib, lambda d: d["hub"].update(min_norm=float("nan"))), "hub.min_norm"),
+    (lambda lib: _edit_manifest(lib, lambda d: d["hub"].update(method="magic")), "hub.method"),
+    (lambda lib: _edit_manifest(lib, lambda d: d["hub"]["centre"].update(name="/etc/passwd")), "hub.centre.name"),
+    (lambda lib: _edit_manifest(lib, lambda d: d["segments"][0]["files"]["db"].update(name="../../x.db")),
+     r"files.db.name: unexpected value"),
+    (lambda lib: _edit_manifest(lib, lambda d: d["segments"][0].update(records=-1)), "records: expected an integer"),
+    (lambda lib: _edit_manifest(lib, lambda d: d["segments"][0].update(vectors=10 ** 6)), "inconsistent counts"),
+    (lambda lib: _edit_manifest(lib, lambda d: d["root"].update(absolute=None)), "root.absolute"),
 ])
-def test_damaged_libraries_give_a_library_error(world, tmp_path, damage, message):  # noqa: F811
+def test_damaged_manifests_give_one_line_library_errors(world, tmp_path, damage, message):  # noqa: F811
     lib = shutil.copytree(world.library, tmp_path / "lib")
     damage(lib)
-    with pytest.raises(LibraryError, match=message):
+    with pytest.raises(LibraryError, match=message) as e:
         Library.open(lib)
+    assert "\n" not in str(e.value)
+
+
+def _two_segment_library(music, tmp_path, enc):
+    """A library whose tracks sit in several segments (one commit per two files)."""
+    out = tmp_path / "lib"
+    build_library(music, out, enc, progress=False, commit_every=2)
+    m = GenerationManifest.from_dict(manifest_of(out), "m")
+    assert len(m.segments) == 3
+    return out, m
+
+
+@pytest.mark.parametrize("tamper", ["delete db", "truncate pooled", "pooled header", "schema", "swap segment"])
+def test_a_damaged_segment_is_left_out_and_the_rest_still_answers(music, tmp_path, enc, world, tamper):  # noqa: F811
+    out, m = _two_segment_library(music, tmp_path, enc)
+    seg_dir = out / "segments"
+    victim = m.segments[1]
+    if tamper == "delete db":
+        (seg_dir / victim.file("db").name).unlink()
+    elif tamper == "truncate pooled":
+        p = seg_dir / victim.file("pooled").name
+        p.write_bytes(p.read_bytes()[:-8])
+    elif tamper == "pooled header":  # same size, another shape
+        p = seg_dir / victim.file("pooled").name
+        data = p.read_bytes()
+        p.write_bytes(data.replace(b"(2, 16)", b"(1, 32)"))
+    elif tamper == "schema":
+        db = sqlite3.connect(seg_dir / victim.file("db").name)
+        db.execute("CREATE TABLE extra (x)")
+        db.commit()
+        db.close()
+        # keep the size the manifest expects, so only the schema check can tell
+        _edit_manifest(out, lambda d: d["segments"][1]["files"]["db"].update(
+            bytes=(seg_dir / victim.file("db").name).stat().st_size))
+    else:
+        shutil.copy(seg_dir / m.segments[0].file("db").name, seg_dir / victim.file("db").name)
+    with Library.open(out) as lib:
+        assert len(lib.damaged) == 1 and f"segment {victim.id}" in lib.damaged[0]
+        assert len(lib) == 3  # 5 tracks, 2 of them in the damaged segment
+        assert lib.verify()  # the full check names it too
+    with Retriever(bundle=world.bundle, library=out, device="cpu", threads=1) as r:
+        assert len(r.query(world.pages["tall"], top_k=10).tracks) == 3
+    # the next build embeds the lost tracks again and the library is whole
+    report = build_library(music, out, enc, progress=False)
+    assert report.tracks == 5 and report.new == 2
+    with Library.open(out) as lib:
+        assert lib.damaged == () and lib.verify() == []
+
+
+def test_tampered_records_and_vectors_never_escape_or_poison_results(music, tmp_path, enc, world):  # noqa: F811
+    out, m = _two_segment_library(music, tmp_path, enc)
+    seg_dir = out / "segments"
+    db_path = seg_dir / m.segments[0].file("db").name
+    size = db_path.stat().st_size
+    db = sqlite3.connect(db_path)
+    db.execute("UPDATE records SET path = '../../../etc/passwd' WHERE vec = 0")
+    db.execute("UPDATE records SET moods = 'not json' WHERE vec = 1")
+    db.commit()
+    db.close()
+    assert db_path.stat().st_size == size  # an edit in place, invisible to the size check
+    pooled = seg_dir / m.segments[2].file("pooled").name
+    data = bytearray(pooled.read_bytes())
+    data[-16:] = np.full(4, np.nan, np.float32).tobytes()  # NaN into the last vector
+    pooled.write_bytes(bytes(data))
+    with Library.open(out) as lib:
+        assert lib.damaged == ()  # sizes and schemas still match ...
+        assert len(lib.verify()) == 2  # ... but the hashes do not
+        good = list(lib.all_tracks())  # the two bad records are skipped, with a warning
+        assert len(good) == 3 and all(str(t.path).startswith(str(music.resolve())) for t in good)
+        with pytest.raises(LibraryError, match="not a plain path under the library's root"):
+            lib.track(0)
+        hits = lib.index.search(world_page_embedding(world, enc), 5)
+        assert np.all(np.isfinite(hits.scores[hits.ids >= 0]))
+    with Retriever(bundle=world.bundle, library=out, device="cpu", threads=1) as r:
+        tracks = r.query(world.pages["tall"], top_k=10).tracks
+    # the NaN vector never ranks; the two unusable records are dropped from the answer
+    assert len(tracks) == 2 and all(str(music.resolve()) in t.path for t in tracks)
+
+
+def test_a_tampered_vector_is_embedded_again_not_copied(music, tmp_path, enc):
+    """A NaN written into a stored vector: a move of that file embeds it again rather than
+    copy it, and compacting its segment drops it instead of failing."""
+    out = tmp_path / "lib"
+    build_library(music, out, enc, progress=False)
+    m = GenerationManifest.from_dict(manifest_of(out), "m")
+    with Library.open(out) as lib:
+        row = lib.find(music / "b" / "chirp.ogg").row
+    pooled = out / "segments" / m.segments[0].file("pooled").name
+    data = bytearray(pooled.read_bytes())
+    start = len(data) - 5 * 64 + row * 64  # 5 rows of 16 float32
+    data[start:start + 64] = np.full(16, np.nan, np.float32).tobytes()
+    pooled.write_bytes(bytes(data))
+    (music / "b" / "chirp.ogg").rename(music / "b" / "moved.ogg")
+    for rel in ("a/noise.flac", "b/deep/square.mp3"):
+        (music / rel).unlink()  # 3 of 5 records gone: the segment is compacted
+    embedded = []
+    report = build_library(music, out, enc, progress=False, on_file=embedded.append)
+    assert [p.name for p in embedded] == ["moved.ogg"] and report.tracks == 3
+    with Library.open(out) as lib:
+        assert lib.verify() == [] and np.all(np.isfinite(lib.tracks))
+
+
+def world_page_embedding(world, enc):  # noqa: F811
+    return enc.embed_images([world.pages["tall"]])
 
 
 # -- search --------------------------------------------------------------------------------------
@@ -302,7 +409,39 @@ def test_exact_index_matches_a_full_sort(monkeypatch):
     assert top_k(full, 0)[1].shape == (3, 0)
 
 
-def test_faiss_is_optional_and_says_so(monkeypatch):
+def test_segmented_index_equals_exact_search_over_the_live_rows(monkeypatch):
+    """Several segments, deleted rows, a centre: the same answer as one matrix product over
+    the live rows with the centred, renormalised tracks, in library row numbers."""
+    from runtime.library import hubs
+    from runtime.library import search_index as si
+
+    rng = np.random.default_rng(3)
+    mats = [l2_normalise(rng.standard_normal((n, 8)) + 2.0) for n in (50, 7, 120)]  # a cone, like real tracks
+    deleted = [np.array([0, 3, 49]), np.array([], np.int64), np.arange(0, 120, 2)]
+    live = [np.setdiff1d(np.arange(len(m)), d) for m, d in zip(mats, deleted)]
+    flat = np.concatenate([m[lv] for m, lv in zip(mats, live)])
+    centre, count = hubs.centre_of(m[lv] for m, lv in zip(mats, live))
+    assert count == len(flat) and np.allclose(centre, flat.mean(0), atol=1e-6)
+    parts, base = [], 0
+    for m, d in zip(mats, deleted):
+        parts.append(si.IndexPart(m, hubs.inverse_norms(m, centre), d.astype(np.int64), base))
+        base += len(m) - len(d)
+    q = l2_normalise(rng.standard_normal((4, 8)))
+    monkeypatch.setattr(si, "_CHUNK_ROWS", 32)  # chunk borders inside segments
+    centred = hubs.centred_rows(flat, centre)
+    np.testing.assert_allclose(np.linalg.norm(centred, axis=1), 1.0, atol=1e-5)
+    index = si.SegmentedIndex(parts, 8, centre)
+    for correct, expect_scores in ((True, q @ centred.T), (False, q @ flat.T)):
+        hits = index.search(q, 9, correct=correct)
+        expect = np.argsort(-expect_scores, axis=1)[:, :9]
+        assert np.array_equal(hits.ids, expect)
+        np.testing.assert_allclose(hits.scores, np.take_along_axis(expect_scores, expect, 1), atol=1e-5)
+        np.testing.assert_allclose(index.scores(q, correct=correct), expect_scores, atol=1e-5)
+    assert len(index) == len(flat)
+    assert index.search(q, 1000).ids.shape == (4, len(flat))
+
+
+def test_faiss_is_optional_and_says_so(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
     m = l2_normalise(np.random.default_rng(1).standard_normal((10, 8)))
     assert isinstance(make_index(m), ExactIndex)  # auto: exact below the threshold / without faiss
@@ -312,11 +451,12 @@ def test_faiss_is_optional_and_says_so(monkeypatch):
         FaissIndex.build(m)
 
 
-def test_faiss_index_wiring_with_a_stand_in_module(monkeypatch):
-    """FaissIndex speaks faiss's API; a brute-force stand-in checks the wiring without faiss."""
+def test_make_index_never_builds_at_query_time(monkeypatch, tmp_path):
+    """FaissIndex speaks faiss's API; a brute-force stand-in checks the wiring without faiss,
+    and that make_index loads a saved index but never builds one."""
     class FakeHNSW:
         def __init__(self, d, m, metric):
-            self.d, self.rows, self.hnsw = d, [], type("H", (), {})()
+            self.d, self.rows, self.hnsw = d, [], type("H", (), {"efSearch": 16})()
 
         def add(self, x):
             self.rows.append(np.array(x))
@@ -328,12 +468,28 @@ def test_faiss_index_wiring_with_a_stand_in_module(monkeypatch):
         def search(self, q, k):
             return top_k(q @ np.concatenate(self.rows).T, k)
 
+    saved = {}
     fake = type(sys)("faiss")
     fake.IndexHNSWFlat, fake.METRIC_INNER_PRODUCT = FakeHNSW, 0
+
+    def write_index(idx, path):  # the file carries a token; the object stays in memory
+        saved[str(id(idx))] = idx
+        with open(path, "w") as f:
+            f.write(str(id(idx)))
+
+    fake.write_index = write_index
+    fake.read_index = lambda path: saved[open(path).read()]
     monkeypatch.setitem(sys.modules, "faiss", fake)
     m = l2_normalise(np.random.default_rng(2).standard_normal((50, 8)))
-    idx = make_index(m, kind="faiss")
-    assert isinstance(idx, FaissIndex) and len(idx) == 50
-    assert np.array_equal(idx.search(m[:2], 5).ids, ExactIndex(m).search(m[:2], 5).ids)
+    built = FaissIndex.build(m)  # index time
+    assert len(built) == 50
+    assert np.array_equal(built.search(m[:2], 5).ids, ExactIndex(m).search(m[:2], 5).ids)
     monkeypatch.setattr("runtime.search.FAISS_THRESHOLD", 10)
-    assert isinstance(make_index(m), FaissIndex)  # auto switches above the threshold when available
+    monkeypatch.setattr(FaissIndex, "build", classmethod(lambda *a, **k: pytest.fail("built at query time")))
+    assert isinstance(make_index(m), ExactIndex)  # nothing saved: exact, not a build
+    with pytest.raises(LibraryError, match="no saved approximate index"):
+        make_index(m, kind="faiss")
+    path = tmp_path / "x.hnsw"
+    built.save(path)
+    assert isinstance(make_index(m, path), FaissIndex)  # saved: loaded past the threshold
+    assert isinstance(make_index(m[:5], path), ExactIndex)  # below it: exact

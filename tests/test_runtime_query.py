@@ -44,15 +44,20 @@ def test_page_result_is_ranked_tagged_and_located(retriever, world):  # noqa: F8
     # moods: all 7, same page embedding, same (image_text) scale, summing to 1
     assert len(res.moods) == 7 and sum(p for _, p in res.moods) == pytest.approx(1, abs=1e-5)
     assert [p for _, p in res.moods] == sorted((p for _, p in res.moods), reverse=True)
-    # tracks: by cosine with the pooled embedding; best start = the closest window
+    # tracks: by cosine with each track's direction away from the library's mean track
+    # (the hub correction); best start = the closest window
     lib = Library.open(world.library)
     cos = lib.tracks @ page
-    assert [t.path for t in res.tracks] == [str(lib.track(int(i)).path) for i in np.argsort(-cos)[:3]]
+    centred = lib.tracks - lib.centre
+    score = (centred @ page) / np.linalg.norm(centred, axis=1)
+    assert np.allclose(lib.centre, np.mean(lib.tracks, axis=0), atol=1e-6)
+    assert [t.path for t in res.tracks] == [str(lib.track(int(i)).path) for i in np.argsort(-score)[:3]]
     for t in res.tracks:
         info = lib.find(t.path)
-        assert t.score == pytest.approx(float(cos[info.row]), abs=1e-5)
-        win = np.asarray(lib.windows[info.window_offset:info.window_offset + info.window_count], np.float32)
-        assert t.best_start_seconds == lib.starts[info.window_offset + int(np.argmax(win @ page))]
+        assert t.score == pytest.approx(float(score[info.row]), abs=1e-5)
+        assert t.cosine == pytest.approx(float(cos[info.row]), abs=1e-5)
+        win, starts = lib.windows_of(info.row)
+        assert t.best_start_seconds == starts[int(np.argmax(win @ page))]
         assert t.top_mood == info.top_mood
     lib.close()
 
@@ -74,6 +79,13 @@ def test_text_to_music(retriever):
     res = retriever.query_text("sad piano", top_k=4)
     assert res.text == "sad piano" and len(res.tracks) == 4
     assert [t.score for t in res.tracks] == sorted((t.score for t in res.tracks), reverse=True)
+    # ranked by the corrected score; the plain cosine rides along
+    with Library.open(retriever.library.dir) as lib:
+        emb = retriever.encoders.embed_texts(["sad piano"])
+        expect = lib.scores(emb)[0]
+        assert [t.path for t in res.tracks] == [str(lib.track(int(i)).path) for i in np.argsort(-expect)[:4]]
+        assert all(t.cosine == pytest.approx(float(lib.pooled(lib.find(t.path).row) @ emb[0]), abs=1e-5)
+                   for t in res.tracks)
 
 
 def test_music_to_moods_and_pages(retriever, world):  # noqa: F811
