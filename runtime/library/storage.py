@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import time
+import weakref
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -209,10 +210,13 @@ def read_journal(lib_dir: Path) -> Journal | None:
 
 # -- reader leases ---------------------------------------------------------------------------
 class Lease:
-    """A reader's claim on one generation, held (locked) until ``release``."""
+    """A reader's claim on one generation, held (locked) until ``release``, or until the
+    process ends: a reader that never closes its library (a script, an app's last query)
+    still removes its lease file at a normal exit, so readers leave no litter behind."""
 
     def __init__(self, path: Path | None, fh: IO | None):
         self.path, self.fh = path, fh
+        self._finalizer = weakref.finalize(self, _drop_lease, path, fh) if fh is not None else None
 
     @classmethod
     def take(cls, lib_dir: Path, generation: str) -> "Lease":
@@ -231,11 +235,16 @@ class Lease:
         return cls(path, fh)
 
     def release(self) -> None:
-        if self.fh is not None:
-            self.fh.close()
-            self.fh = None
-            with contextlib.suppress(OSError):
-                self.path.unlink()
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+        self.fh = None
+
+
+def _drop_lease(path: Path, fh: IO) -> None:
+    fh.close()
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def leased_generations(lib_dir: Path) -> set[str]:
