@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -208,6 +209,10 @@ def train_tower(encode, params, data, texts: torch.Tensor, scale: float, cfg: De
     if module is not None:
         module.train()
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    # Cosine decay to zero: at a constant rate the last epochs' weights wander (loss 2.4-2.7
+    # from epoch to epoch), so the model that ships was whichever step came last.
+    steps = epochs * -(-len(y_all) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
     gen = torch.Generator().manual_seed(cfg.seed)
     losses = []
     for epoch in range(epochs):
@@ -223,6 +228,7 @@ def train_tower(encode, params, data, texts: torch.Tensor, scale: float, cfg: De
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             total += float(loss.detach()) * len(idx)
         losses.append(total / len(y_all))
         _say(f"{tag} epoch {epoch + 1}/{epochs}: loss {losses[-1]:.3f}")
@@ -311,8 +317,10 @@ def build_demo(out: Path, cfg: DemoConfig, work: Path | None = None) -> dict:
             report["bundle_accuracy"] = _bundle_accuracy(encoders, manga, audioset, cfg)
             _say(f"held-out zero-shot accuracy (int8 bundle, runtime): {report['bundle_accuracy']}")
             # Built in place (the library's own writes are atomic) so the stored music root
-            # is relative to its final folder; rebuild=True because the bundle is new.
-            build_library(out / "music", out / "library", encoders, rebuild=True, progress=False)
+            # is relative to its final folder. The old library was built with the old bundle
+            # and is useless now: start afresh rather than leave its segments to collect.
+            shutil.rmtree(out / "library", ignore_errors=True)
+            build_library(out / "music", out / "library", encoders, progress=False)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         report["seconds"] = round(time.time() - t0, 1)
