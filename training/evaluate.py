@@ -488,6 +488,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.sample < 1 or not 0 < args.val_fraction < 1 or args.clip_seconds <= 0:
             raise InputError("--sample must be >= 1, --val-fraction in (0, 1), --clip-seconds > 0")
+        if args.soundtrack and not args.manga:
+            raise InputError("--soundtrack needs Manga109 volumes: give --manga and --genres")
         manga = audioset = None
         if args.manga or args.image_folders or args.genres:
             manga = manga_eval_set(args.manga, args.genres, image_folders=args.image_folders, split=args.split,
@@ -498,8 +500,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                          subset=args.subset)
         if manga is None and audioset is None:
             raise InputError("nothing to evaluate: give --manga/--genres (or --image-folders) and/or --audioset")
-        if args.soundtrack and manga is None:
-            raise InputError("--soundtrack needs Manga109 volumes: give --manga and --genres")
         if args.chapters < 1:
             raise InputError("--chapters must be >= 1")
         kw = dict(sample=args.sample, seed=args.seed, clip_seconds=args.clip_seconds, progress=not args.quiet)

@@ -28,7 +28,7 @@ from .settings import SoundtrackSettings
 
 
 @dataclass(frozen=True)
-class TestChapter:
+class LabelledChapter:
     """Pages (indices into some list of pages) and the label of each page's run."""
 
     pages: tuple[int, ...]
@@ -41,7 +41,7 @@ class TestChapter:
 
 def make_chapters(volumes: Sequence[tuple[str, Sequence[int]]], n_chapters: int, seed: int = 0,
                   genres: tuple[int, int] = (2, 4), run_pages: tuple[int, int] = (8, 24),
-                  odd_pages: int = 0) -> list[TestChapter]:
+                  odd_pages: int = 0) -> list[LabelledChapter]:
     """Chapters of 2-4 runs, each run consecutive pages of one volume, adjacent runs of
     different labels. ``volumes``: (label, page indices in reading order) per volume.
 
@@ -78,7 +78,7 @@ def make_chapters(volumes: Sequence[tuple[str, Sequence[int]]], n_chapters: int,
             vols = by_label[other[int(rng.integers(len(other)))]]
             vol = vols[int(rng.integers(len(vols)))]
             pages[i] = int(vol[int(rng.integers(len(vol)))])
-        out.append(TestChapter(tuple(pages), tuple(run_labels)))
+        out.append(LabelledChapter(tuple(pages), tuple(run_labels)))
     return out
 
 
@@ -106,7 +106,7 @@ class ChapterScore:
     chance_fit: float  # sum of each page's mean cosine over the catalogue
 
 
-def _score(embs, catalogue, rows: np.ndarray, boundaries: Sequence[int], chapter: TestChapter,
+def _score(embs, catalogue, rows: np.ndarray, boundaries: Sequence[int], chapter: LabelledChapter,
            tolerance: int) -> ChapterScore:
     stats = page_stats(embs, catalogue.pooled, 1)
     heard = np.einsum("nd,nd->n", embs, np.asarray(catalogue.pooled[rows], np.float32))
@@ -117,14 +117,14 @@ def _score(embs, catalogue, rows: np.ndarray, boundaries: Sequence[int], chapter
                         float(heard.sum()), float(stats.best_cos.sum()), float(stats.mean.sum()))
 
 
-def score_plan(embs: np.ndarray, catalogue: Catalogue, chapter: TestChapter, settings: SoundtrackSettings,
+def score_plan(embs: np.ndarray, catalogue: Catalogue, chapter: LabelledChapter, settings: SoundtrackSettings,
                tolerance: int = 2) -> ChapterScore:
     """The chapter planner on ``embs`` (the chapter's pages, in order)."""
     plan = plan_soundtrack(embs, catalogue, settings)
     return _score(embs, catalogue, plan.page_rows, [s.first_page for s in plan.segments[1:]], chapter, tolerance)
 
 
-def score_online(embs: np.ndarray, catalogue: Catalogue, chapter: TestChapter, settings: SoundtrackSettings,
+def score_online(embs: np.ndarray, catalogue: Catalogue, chapter: LabelledChapter, settings: SoundtrackSettings,
                  tolerance: int = 2) -> ChapterScore:
     """A ``ReadingSession``'s decisions on the same pages, turned one by one."""
     planner = OnlinePlanner(catalogue, settings)

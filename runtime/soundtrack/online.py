@@ -27,7 +27,7 @@ from ..errors import InputError
 from ._catalogue import Catalogue
 from .fit import fits, page_stats
 from .plays import START, STORY_CHANGE, TRACK_ENDED, Play, TrackPicker
-from .segments import segment
+from .segments import last_page_agrees, segment
 from .settings import SoundtrackSettings
 
 STATE_VERSION = 1
@@ -119,13 +119,16 @@ class OnlinePlanner:
 
         The programme sees the history as a chapter still being read (``open_end``): its last
         segment may be short, so a change is placed where it happened, and acted on once it
-        has persisted for ``min_pages`` pages.
+        has persisted for ``min_pages`` pages, up to and including the page just turned to.
         """
-        k = self.settings.min_pages
-        bounds = segment(z, self.settings.switch_cost, k, np.stack([p.emb for p in self.history]),
-                         self.settings.story_weight, open_end=True)
-        done = [a for a, b, _ in bounds[1:] if b - a >= k]
-        return done[-1] if done else 0
+        k, w = self.settings.min_pages, self.settings.story_weight
+        embs = np.stack([p.emb for p in self.history])
+        bounds = segment(z, self.settings.switch_cost, k, embs, w, open_end=True)
+        if len(bounds) < 2 or bounds[-1][1] - bounds[-1][0] < k:
+            return 0
+        # The newest page must side with the new segment: two odd pages followed by a
+        # page of the old story also make min_pages, but the story has not changed.
+        return bounds[-1][0] if last_page_agrees(z, embs, w, bounds[-2], bounds[-1]) else 0
 
     def _page(self, emb: np.ndarray) -> _Page:
         e = np.asarray(emb, dtype=np.float32).reshape(-1)

@@ -125,7 +125,7 @@ def plan_soundtrack(embs: np.ndarray, catalogue: Catalogue, settings: Soundtrack
         fade = 0.0 if previous is None else settings.crossfade_seconds
         first = picker.start(row, query, a * spp, fade, START if previous is None else STORY_CHANGE)
         if previous is not None:
-            fade = picker.crossfade(fade, first.runs_out_seconds - first.start_seconds)
+            fade = picker.crossfade(first.runs_out_seconds - first.start_seconds)
             first = replace(first, crossfade_seconds=fade)
             segments[-1] = _cut_last(segments[-1], a * spp + fade)
         last_segment = b == n

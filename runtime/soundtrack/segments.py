@@ -84,11 +84,9 @@ def _spread_table(embs: np.ndarray, weight: float):
     cannot form a segment of its own.
     """
     e = np.asarray(embs, dtype=np.float64)
-    n = e.shape[0]
     cum = np.vstack([np.zeros((1, e.shape[1])), np.cumsum(e, axis=0)])
     cum_sq = np.concatenate([[0.0], np.cumsum(np.einsum("nd,nd->n", e, e))])
-    unit = float(np.mean(np.sum(np.diff(e, axis=0) ** 2, axis=1))) / 2 if n > 1 else 1.0
-    unit = max(unit, 1e-6)
+    unit = spread_unit(e)
 
     def spread(j: int, lo: int, hi: int) -> np.ndarray:
         s = cum[j] - cum[lo:hi]
@@ -97,3 +95,27 @@ def _spread_table(embs: np.ndarray, weight: float):
         return weight * within / unit
 
     return spread
+
+
+def spread_unit(embs: np.ndarray) -> float:
+    """Half the mean squared distance between consecutive pages: the unit of ``story_weight``."""
+    e = np.asarray(embs, dtype=np.float64)
+    if e.shape[0] < 2:
+        return 1.0
+    return max(float(np.mean(np.sum(np.diff(e, axis=0) ** 2, axis=1))) / 2, 1e-6)
+
+
+def last_page_agrees(z: np.ndarray, embs: np.ndarray, story_weight: float, before: tuple[int, int, int],
+                     after: tuple[int, int, int]) -> bool:
+    """Whether the last page of segment ``after`` fits it at least as well as the segment
+    ``before`` it, by the programme's own measure (its track's fit, and its distance to each
+    segment's mean page in spread units). A reader at that page is then already in the new
+    story, not back from a detour of a page or two."""
+    page = after[1] - 1
+    gain = float(z[page, after[2]] - z[page, before[2]])
+    if story_weight > 0:
+        e = np.asarray(embs, dtype=np.float64)
+        d_before = np.sum((e[page] - e[before[0]:before[1]].mean(axis=0)) ** 2)
+        d_after = np.sum((e[page] - e[after[0]:after[1]].mean(axis=0)) ** 2)
+        gain += story_weight * float(d_before - d_after) / spread_unit(e)
+    return gain >= 0
