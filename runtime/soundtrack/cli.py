@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -106,22 +104,11 @@ def _shown(path: str) -> str:
         return str(path)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..defaults import demo_notice
     from ..retrieval import Retriever
+    from ._files import write_text_atomic
     from .chapter import open_chapter
     from .planner import plan_chapter
     from .playlist import m3u8_text
@@ -148,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise InputError(f"{args.chapter}: none of its {total} pages could be read")
     if args.m3u8:
         out = Path(args.m3u8)
-        _write_atomic(out, m3u8_text(track, out.resolve().parent))
+        write_text_atomic(out, m3u8_text(track, out.resolve().parent))
     if args.json:
         json.dump(track.to_dict(), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")

@@ -17,8 +17,6 @@ refused with a clear ``InputError`` instead of resuming wrong.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from ._catalogue import Catalogue
+from ._files import write_text_atomic
 from .online import Cue, OnlinePlanner
 from .settings import SoundtrackSettings
 
@@ -75,18 +74,7 @@ class ReadingSession:
 
     def save(self, path: str | Path) -> Path:
         """Write the state as JSON, atomically (a crash mid-write keeps the previous file)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_text_atomic(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, retriever, path: str | Path) -> "ReadingSession":
