@@ -3,11 +3,13 @@ the real Manga109 layout (runs of consecutive pages of 2-4 genres), and
 ``training.evaluate --soundtrack`` on a tiny generated Manga109 fixture.
 
 Targets (issue 14): the whole-chapter plan keeps >= 90 % of the fit of each page's best
-track with <= 1/4 of its switches. Measured on this fixture (seed 7 pages, seed 3
-chapters; the README has the larger held-out run): plan P/R 1.00/1.00, 0.12 of the greedy
-switches, fit kept 0.938 (0.92 with an odd page per chapter); page by page 0.88/0.88, fit
-kept 0.86. The bounds below are the targets for the plan and looser ones page by page,
-which lags a change by min_pages - 1 turns by design.
+track with <= 1/4 of its switches. Fit is the library's ranking score (hub-corrected) and
+the best track is the library's first hit. Measured on this fixture (seed 7 pages, seed 3
+chapters; the README has the larger held-out run) with the demo library as rebuilt in
+segments: plan P/R 1.00/0.98, 0.11 of the greedy switches, fit kept 0.931 (0.913 with an
+odd page per chapter); page by page 0.85/0.88, fit kept 0.846 (0.821). The bounds below are
+the targets for the plan and looser ones page by page, which lags a change by
+min_pages - 1 turns by design; they are margins for a rebuilt demo model, not these numbers.
 """
 from __future__ import annotations
 
@@ -71,7 +73,9 @@ def test_demo_soundtrack_meets_the_targets(demo_pages, odd_pages):
     assert plan["greedy_switches_per_100_pages"] >= 20  # the baseline does jump about
     assert online["boundary_precision"] >= 0.8 and online["boundary_recall"] >= 0.8
     assert online["switch_ratio"] <= 0.25 and online["fit_kept"] >= 0.8
-    assert plan["fit_kept"] > plan["fit_kept_above_chance"] > 0.8  # well above an average track, too
+    # Well above an average track, too. (Not below fit_kept by construction: an average
+    # track's centred score is about 0 and may be slightly negative.)
+    assert plan["fit_kept_above_chance"] > 0.8
 
 
 def test_evaluate_soundtrack_on_a_tiny_manga109_layout(tmp_path, capsys):

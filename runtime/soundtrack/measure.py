@@ -9,8 +9,10 @@ Test chapters are runs of consecutive pages taken from volumes of different genr
 - story switches (a track cut for a story change) and track changes of any kind (also
   where a track ran out and the next crossfades in), against the switches of the greedy
   baseline that plays each page's best track alone;
-- fit: mean cosine of each page with the track heard at its middle, against the mean of
-  each page's best track (``fit kept`` = ratio) and of an average track (chance).
+- fit: mean score (the catalogue's, which ranks the library: the hub-corrected cosine for
+  a library built with the correction) of each page with the track heard at its middle,
+  against the mean of each page's best track (``fit kept`` = ratio) and of an average
+  track (chance). The best track is the one ``python -m runtime.query`` ranks first.
 """
 from __future__ import annotations
 
@@ -101,20 +103,21 @@ class ChapterScore:
     matched: int
     track_changes: int  # any change of the track heard, page to page
     greedy_switches: int
-    fit: float  # sum over pages of cos(page, track heard)
-    best_fit: float  # sum of each page's best cosine
-    chance_fit: float  # sum of each page's mean cosine over the catalogue
+    fit: float  # sum over pages of score(page, track heard)
+    best_fit: float  # sum of each page's best score
+    chance_fit: float  # sum of each page's mean score over the catalogue
 
 
 def _score(embs, catalogue, rows: np.ndarray, boundaries: Sequence[int], chapter: LabelledChapter,
            tolerance: int) -> ChapterScore:
-    stats = page_stats(embs, catalogue.pooled, 1)
-    heard = np.einsum("nd,nd->n", embs, np.asarray(catalogue.pooled[rows], np.float32))
+    stats = page_stats(embs, catalogue, 1)
+    cols, pick = np.unique(rows, return_inverse=True)
+    heard = np.take_along_axis(catalogue.scores(embs, cols), pick.reshape(-1, 1), axis=1)[:, 0].astype(np.float64)
     greedy = stats.top[:, 0]
     return ChapterScore(len(rows), len(chapter.boundaries), len(boundaries),
                         match_boundaries(boundaries, chapter.boundaries, tolerance),
                         int(np.sum(rows[1:] != rows[:-1])), int(np.sum(greedy[1:] != greedy[:-1])),
-                        float(heard.sum()), float(stats.best_cos.sum()), float(stats.mean.sum()))
+                        float(heard.sum()), float(stats.best.sum()), float(stats.mean.sum()))
 
 
 def score_plan(embs: np.ndarray, catalogue: Catalogue, chapter: LabelledChapter, settings: SoundtrackSettings,

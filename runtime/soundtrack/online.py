@@ -135,14 +135,14 @@ class OnlinePlanner:
         if e.shape[0] != self.catalogue.dim or not np.all(np.isfinite(e)):
             raise InputError(f"a page embedding must be {self.catalogue.dim} finite numbers, got shape {np.shape(emb)}")
         e = e / max(float(np.linalg.norm(e)), 1e-12)
-        st = page_stats(e[None, :], self.catalogue.pooled, self.settings.candidates_per_page)
+        st = page_stats(e[None, :], self.catalogue, self.settings.candidates_per_page)
         return _Page(e, float(st.mean[0]), float(st.std[0]), tuple(int(r) for r in st.top[0]))
 
     def _fits(self, pages: list[_Page]) -> tuple[np.ndarray, np.ndarray]:
         rows = np.unique(np.array([r for p in pages for r in p.top], dtype=np.int64))
         embs = np.stack([p.emb for p in pages])
         _, z = fits(embs, np.array([p.mean for p in pages]), np.array([p.std for p in pages]),
-                    self.catalogue.pooled, rows)
+                    self.catalogue, rows)
         return rows, z
 
     # -- state ---------------------------------------------------------------------------------

@@ -100,9 +100,9 @@ def plan_soundtrack(embs: np.ndarray, catalogue: Catalogue, settings: Soundtrack
         raise ValueError(f"{len(pages)} page names for {n} embeddings")
     if n == 0:
         return Soundtrack(source, pages, (), settings)
-    stats = page_stats(embs, catalogue.pooled, settings.candidates_per_page)
+    stats = page_stats(embs, catalogue, settings.candidates_per_page)
     rows = candidates(stats)
-    _, z = fits(embs, stats.mean, stats.std, catalogue.pooled, rows)
+    _, z = fits(embs, stats.mean, stats.std, catalogue, rows)
     bounds = segment(z, settings.switch_cost, settings.min_pages, embs, settings.story_weight)
 
     picker = TrackPicker(catalogue, settings)

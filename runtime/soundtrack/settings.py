@@ -1,9 +1,10 @@
 """The knobs of soundtrack planning, shared by the chapter planner and ``ReadingSession``.
 
 One frozen dataclass, validated once, stored in a session's saved state (so a resumed
-session keeps the rules it started with). Fit units: a page's fit to a track is the cosine
-of the page and the track's pooled embedding, standardised over the catalogue for that
-page (z-score: 0 is an average track for the page, 1 one standard deviation better).
+session keeps the rules it started with). Fit units: a page's fit to a track is the score
+the library ranks by (the cosine of the page and the track's pooled embedding, hub-corrected
+where the library is; ``_catalogue.py``), standardised over the catalogue for that page
+(z-score: 0 is an average track for the page, 1 one standard deviation better).
 ``switch_cost`` and ``fit_tolerance`` are in those units; ``story_weight`` multiplies a
 segment's spread of page embeddings measured in the chapter's typical page-to-page change
 (``segments.py``). The defaults were tuned on synthetic chapters of one seed and measured on
