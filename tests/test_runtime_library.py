@@ -437,6 +437,13 @@ def test_segmented_index_equals_exact_search_over_the_live_rows(monkeypatch):
         assert np.array_equal(hits.ids, expect)
         np.testing.assert_allclose(hits.scores, np.take_along_axis(expect_scores, expect, 1), atol=1e-5)
         np.testing.assert_allclose(index.scores(q, correct=correct), expect_scores, atol=1e-5)
+        # some rows only: any order, repeats, across segments and around deleted vectors
+        some = np.array([len(flat) - 1, 0, 46, 47, 53, 47, 3, 52])
+        np.testing.assert_allclose(index.scores(q, correct=correct, rows=some), expect_scores[:, some], atol=1e-5)
+        assert index.scores(q, correct=correct, rows=[]).shape == (4, 0)
+    for bad in (-1, len(flat)):
+        with pytest.raises(LibraryError, match=f"no track at row {bad}"):
+            index.scores(q, rows=[0, bad])
     assert len(index) == len(flat)
     assert index.search(q, 1000).ids.shape == (4, len(flat))
 

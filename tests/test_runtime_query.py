@@ -83,6 +83,8 @@ def test_text_to_music(retriever):
     with Library.open(retriever.library.dir) as lib:
         emb = retriever.encoders.embed_texts(["sad piano"])
         expect = lib.scores(emb)[0]
+        np.testing.assert_allclose(lib.scores(emb, rows=[2, 0])[0], expect[[2, 0]], atol=1e-6)
+        np.testing.assert_allclose(lib.scores(emb, correct=False, rows=[1])[0, 0], lib.pooled(1) @ emb[0], atol=1e-6)
         assert [t.path for t in res.tracks] == [str(lib.track(int(i)).path) for i in np.argsort(-expect)[:4]]
         assert all(t.cosine == pytest.approx(float(lib.pooled(lib.find(t.path).row) @ emb[0]), abs=1e-5)
                    for t in res.tracks)

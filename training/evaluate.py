@@ -20,6 +20,10 @@ What is measured (all on the held-out side of the same seeded split training use
   published weights) and the report puts both side by side.
 - Cross-modal tables (training.crossmodal): genre -> mood and mood -> genre mean
   confidences over a fixed seeded sample (``--sample``, default 200 per side).
+- Soundtrack (``--soundtrack``, a bundle and a music library built with it): chapters made
+  of runs of consecutive pages from Manga109 volumes of 2-4 genres, planned whole and page
+  by page; boundary precision/recall against the genre changes, switches per 100 pages
+  and fit kept against each page's best track (training.soundtrack_eval).
 
 Every backend (PyTorch checkpoint, or a bundle folder through the runtime at any
 precision) goes through training.backends, so quantisation's effect on these numbers is
@@ -179,6 +183,7 @@ class EvalReport:
     genre_to_mood: Optional[CrossModalTable] = None
     mood_to_genre: Optional[CrossModalTable] = None
     logit_scales: dict = field(default_factory=dict)
+    soundtrack: Optional[Any] = None  # training.soundtrack_eval.SoundtrackResult
 
     def to_dict(self) -> dict:
         def clean(x):
@@ -205,6 +210,8 @@ class EvalReport:
         for t in (self.genre_to_mood, self.mood_to_genre):
             if t is not None:
                 d[t.name] = t.to_dict()
+        if self.soundtrack is not None:
+            d["soundtrack"] = self.soundtrack.to_dict()
         return clean(d)
 
 
@@ -365,6 +372,8 @@ def report_markdown(report: EvalReport, baseline: Optional[EvalReport] = None) -
     for t in (report.genre_to_mood, report.mood_to_genre):
         if t is not None:
             lines += ["", t.to_markdown()]
+    if report.soundtrack is not None:
+        lines += report.soundtrack.markdown()
     return "\n".join(lines) + "\n"
 
 
@@ -451,6 +460,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-seconds", type=float, default=5.0,
                    help="clips centre padded/cropped to this, as in training validation (default 5); both "
                         "backends then zero-pad anything under the runtime's 1 s minimum window to 1 s")
+    p.add_argument("--soundtrack", action="store_true",
+                   help="also plan soundtracks for chapters made of runs of Manga109 volumes of 2-4 genres and "
+                        "report boundary precision/recall, switches per 100 pages and fit kept (needs a bundle, "
+                        "--manga and a music library built with the bundle)")
+    p.add_argument("--library", metavar="L", default=None,
+                   help="music library for --soundtrack (default: the demo library shipped with the package)")
+    p.add_argument("--chapters", type=int, default=40, help="chapters for --soundtrack (default 40)")
+    p.add_argument("--switch-cost", type=float, default=None, metavar="C",
+                   help="soundtrack switching cost (default: the runtime's)")
+    p.add_argument("--seconds-per-page", type=float, default=None, metavar="S",
+                   help="soundtrack reading time per page (default: the runtime's)")
     p.add_argument("--baseline", metavar="CHECKPOINT_OR_BUNDLE",
                    help="also evaluate this model (e.g. the published weights: the zero-shot column)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -468,6 +488,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.sample < 1 or not 0 < args.val_fraction < 1 or args.clip_seconds <= 0:
             raise InputError("--sample must be >= 1, --val-fraction in (0, 1), --clip-seconds > 0")
+        if args.soundtrack and not args.manga:
+            raise InputError("--soundtrack needs Manga109 volumes: give --manga and --genres")
         manga = audioset = None
         if args.manga or args.image_folders or args.genres:
             manga = manga_eval_set(args.manga, args.genres, image_folders=args.image_folders, split=args.split,
@@ -478,9 +500,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                          subset=args.subset)
         if manga is None and audioset is None:
             raise InputError("nothing to evaluate: give --manga/--genres (or --image-folders) and/or --audioset")
+        if args.chapters < 1:
+            raise InputError("--chapters must be >= 1")
         kw = dict(sample=args.sample, seed=args.seed, clip_seconds=args.clip_seconds, progress=not args.quiet)
-        report = evaluate_backend(open_backend(args.model, args.device, args.precision, args.threads),
-                                  manga, audioset, **kw)
+        backend = open_backend(args.model, args.device, args.precision, args.threads)
+        report = evaluate_backend(backend, manga, audioset, **kw)
+        if args.soundtrack:
+            report = _with_soundtrack(report, backend, manga, args)
         baseline = None
         if args.baseline:
             baseline = evaluate_backend(open_backend(args.baseline, args.device, args.precision, args.threads),
@@ -501,8 +527,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"Manga109 genre accuracy {_pct(report.genres.accuracy)} over {report.genres.pages} pages "
               f"[{report.genres.description}]"
               + (f" (baseline {_pct(baseline.genres.accuracy)})" if baseline and baseline.genres else ""))
+    if report.soundtrack:
+        r = report.soundtrack.plan
+        print(f"Soundtrack over {report.soundtrack.chapters} chapters: boundary precision "
+              f"{r['boundary_precision']:.2f}, recall {r['boundary_recall']:.2f}, "
+              f"{r['story_switches_per_100_pages']:.1f} switches per 100 pages (greedy "
+              f"{r['greedy_switches_per_100_pages']:.1f}), fit kept {r['fit_kept']:.3f}")
     print(f"wrote {len(written)} file(s) to {args.out}")
     return 0
+
+
+def _with_soundtrack(report: EvalReport, backend, manga: EvalSet, args) -> EvalReport:
+    from dataclasses import replace
+
+    from runtime.soundtrack import SoundtrackSettings
+    from training.soundtrack_eval import evaluate_soundtrack
+
+    given = {k: v for k, v in (("switch_cost", args.switch_cost), ("seconds_per_page", args.seconds_per_page))
+             if v is not None}
+    result = evaluate_soundtrack(backend, manga.records, manga.description, library=args.library,
+                                 settings=SoundtrackSettings(**given), n_chapters=args.chapters, seed=args.seed,
+                                 progress=not args.quiet)
+    return replace(report, soundtrack=result)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ chapter soundtrack planner use::
     pooled = lib.pooled_matrix()         # float32 [n, D], row-aligned (alias: lib.tracks)
     emb, starts = lib.windows_of(row)    # float32 [W, D] window embeddings, float64 [W] seconds
     hits = lib.index.search(q, k)        # SearchHits: hub-corrected top-k rows
+    s = lib.scores(q)                    # float32 [Q, n]: every row's ranking score; rows=[...]: some
     lib.silent(), lib.failures()         # files not ranked, and why
     lib.close()
 

@@ -56,7 +56,8 @@ class Library:
     - ``lib.windows_of(row)``: (float32 [W, D] window embeddings, float64 [W] start seconds);
     - ``lib.centre``: the hub correction's centre (float32 [D]) or None;
     - ``lib.index.search(queries, k, correct=True)``: top-k rows (hub-corrected ranking);
-    - ``lib.scores(queries, correct=True)``: float32 [Q, N], every row's score;
+    - ``lib.scores(queries, correct=True, rows=None)``: float32 [Q, N], every row's score
+      (or [Q, len(rows)], the given rows');
     - ``lib.failures()``, ``lib.silent()``: files that were not ranked, and why;
     - ``lib.close()`` (or ``with``): releases the generation's lease.
     """
@@ -290,10 +291,12 @@ class Library:
         use_ann = should_use_ann(len(self)) and any(s.ref.ann is not None for s in self.segments)
         return SegmentedIndex(self.index_parts(with_ann=use_ann), self.meta.embed_dim, self.centre, use_ann=use_ann)
 
-    def scores(self, queries: np.ndarray, correct: bool = True) -> np.ndarray:
+    def scores(self, queries: np.ndarray, correct: bool = True, rows=None) -> np.ndarray:
         """float32 [Q, N]: each query's score for every track, in row order (exact): the
-        centred cosine the ranking uses, or with ``correct=False`` the plain cosine."""
-        return self.index.scores(queries, correct=correct)
+        centred cosine the ranking uses, or with ``correct=False`` the plain cosine. With
+        ``rows`` (a sequence of rows): float32 [Q, len(rows)], only those tracks' scores, at
+        the cost of reading just their vectors (``LibraryError`` for a row not in the library)."""
+        return self.index.scores(queries, correct=correct, rows=rows)
 
     def verify(self) -> list[str]:
         """Hash every file of this generation against its manifest (reads everything);

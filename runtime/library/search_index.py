@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import LibraryError
 from ..search import FAISS_THRESHOLD, FaissIndex, SearchHits, _as_queries, faiss_available, top_k
 from .hubs import centred_rows
 
@@ -67,9 +68,14 @@ class SegmentedIndex:
         return sum(p.live for p in self.parts)
 
     def _score(self, part: IndexPart, q: np.ndarray, qc: np.ndarray | None, lo: int, block: np.ndarray) -> np.ndarray:
+        return self._score_at(part, q, qc, slice(lo, lo + block.shape[0]), block)
+
+    @staticmethod
+    def _score_at(part: IndexPart, q: np.ndarray, qc: np.ndarray | None, vecs, block: np.ndarray) -> np.ndarray:
+        """Scores of ``block`` = ``part.matrix[vecs]`` (a slice or an array of vector ids)."""
         s = q @ block.T
         if qc is not None and part.inv_norm is not None:
-            s = (s - qc[:, None]) * part.inv_norm[lo:lo + block.shape[0]]
+            s = (s - qc[:, None]) * part.inv_norm[vecs]
         # A damaged vector (NaN) must not poison the ranking: it simply never ranks.
         s[~np.isfinite(s)] = -np.inf
         return s
@@ -130,10 +136,13 @@ class SegmentedIndex:
         rows[~np.isfinite(s)] = -1  # deleted or damaged rows only filled the list: not hits
         return SearchHits(s, rows)
 
-    def scores(self, queries: np.ndarray, correct: bool = True) -> np.ndarray:
-        """float32 [Q, N]: every live row's score, in row order (exact)."""
+    def scores(self, queries: np.ndarray, correct: bool = True, rows=None) -> np.ndarray:
+        """float32 [Q, N]: every live row's score, in row order (exact); with ``rows`` (library
+        rows, any order, repeats allowed) float32 [Q, len(rows)], those rows' scores only."""
         q = _as_queries(queries, self.dim)
         qc = q @ self.centre if correct and self.centre is not None else None
+        if rows is not None:
+            return self._scores_of_rows(q, qc, rows)
         out = []
         for part in self.parts:
             for lo in range(0, part.matrix.shape[0], _CHUNK_ROWS):
@@ -143,6 +152,28 @@ class SegmentedIndex:
                 keep[part.deleted[(part.deleted >= lo) & (part.deleted < lo + len(block))] - lo] = False
                 out.append(s[:, keep])
         return np.concatenate(out, axis=1) if out else np.zeros((q.shape[0], 0), np.float32)
+
+    def _scores_of_rows(self, q: np.ndarray, qc: np.ndarray | None, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((q.shape[0], len(rows)), np.float32)
+        if not len(rows):
+            return out
+        n = len(self)
+        bad = rows[(rows < 0) | (rows >= n)]
+        if len(bad):
+            raise LibraryError(f"no track at row {int(bad[0])} (the library holds rows 0..{n - 1})")
+        parts = [p for p in self.parts if p.live]
+        which = np.searchsorted(np.array([p.base for p in parts]), rows, side="right") - 1
+        for i, part in enumerate(parts):
+            cols = np.flatnonzero(which == i)
+            if not len(cols):
+                continue
+            # The rank-th live vector: rank plus the deleted vectors at or before it (the
+            # j-th deleted id d_j sits where rank d_j - j would be).
+            rank = rows[cols] - part.base
+            vecs = rank + np.searchsorted(part.deleted - np.arange(len(part.deleted)), rank, side="right")
+            out[:, cols] = self._score_at(part, q, qc, vecs, np.asarray(part.matrix[vecs], np.float32))
+        return out
 
 
 def should_use_ann(total_rows: int) -> bool:
