@@ -3,7 +3,9 @@
 Each tower is wrapped so the graph takes exactly what the runtime feeds it:
 
 - image: ``pixels`` float32 [batch, 3, S, S] (normalised) -> ``embedding`` [batch, D]
-- text:  ``tokens`` int64 [batch, 77]                    -> ``embedding`` [batch, D]
+- text:  ``tokens`` int64 [batch, tokens <= 77]          -> ``embedding`` [batch, D]; the
+  tower reads its output at the end token under a causal mask, so every position after the
+  batch's last end token can be cut off without changing the result (the runtime does)
 - audio: ``waveform`` float32 [batch, samples] in [-1, 1] -> ``embedding`` [batch, D];
   the graph multiplies by 32768 itself (``AudioPreprocess.int16_scale``); the window is a
   constant inside it, and the FBSP filterbank is computed in it from its parameters (or,
@@ -244,29 +246,31 @@ def io_specs(model: AudioCLIP, modality: str) -> tuple[tuple[TensorSpec, ...], t
         s = cfg.image.resolution
         inp = TensorSpec("pixels", "float32", ("batch", 3, s, s))
     elif modality == "text":
-        inp = TensorSpec("tokens", "int64", ("batch", cfg.text.context_length))
+        inp = TensorSpec("tokens", "int64", ("batch", "tokens"))
     else:
         inp = TensorSpec("waveform", "float32", ("batch", "samples"))
     return (inp,), (TensorSpec(OUTPUT_NAME, "float32", ("batch", cfg.embed_dim)),)
 
 
 def example_input(model: AudioCLIP, modality: str, batch: int = 2, seconds: float = 2.0,
-                  seed: int = 0) -> np.ndarray:
-    """A plausible input for tracing and the export's own verification."""
+                  seed: int = 0, tokens: int | None = None) -> np.ndarray:
+    """A plausible input for tracing and the export's own verification (text: ``tokens``
+    positions, the context length by default)."""
     rng = np.random.default_rng(seed)
     cfg = model.config
     if modality == "image":
         s = cfg.image.resolution
         return rng.standard_normal((batch, 3, s, s)).astype(np.float32)
     if modality == "text":
-        tokens = np.zeros((batch, cfg.text.context_length), dtype=np.int64)
+        length = cfg.text.context_length if tokens is None else tokens
+        ids = np.zeros((batch, length), dtype=np.int64)
         vocab = cfg.text.vocab_size
         for b in range(batch):
-            n = 3 + b % 5
-            tokens[b, 0] = vocab - 2  # start token
-            tokens[b, 1:n] = rng.integers(1, vocab - 2, n - 1)
-            tokens[b, n] = vocab - 1  # end token: the largest id, where the tower reads out
-        return tokens
+            n = min(3 + b % 5, length - 1)
+            ids[b, 0] = vocab - 2  # start token
+            ids[b, 1:n] = rng.integers(1, vocab - 2, n - 1)
+            ids[b, n] = vocab - 1  # end token: the largest id, where the tower reads out
+        return ids
     samples = int(round(seconds * cfg.audio.sample_rate))
     t = np.arange(samples) / cfg.audio.sample_rate
     tone = np.sin(2 * np.pi * 220.0 * t)[None, :] * rng.uniform(0.1, 0.5, (batch, 1))
@@ -292,6 +296,9 @@ def _dynamo_export(module: nn.Module, modality: str, x: torch.Tensor) -> onnx.Mo
         # min 2: torch.export specialises sizes 0 and 1; the graph still handles any length
         # because frame_signal keeps its max() in the graph.
         dims[1] = torch.export.Dim("samples", min=2, max=MAX_SAMPLES)
+    elif modality == "text":
+        # Up to the context length the positional table covers (min 2: start + end token).
+        dims[1] = torch.export.Dim("tokens", min=2, max=module.text.positional_embedding.shape[0])
     name = INPUT_NAMES[modality]
     # No output_names here: the dynamo exporter names values after the aten op that made
     # them, so the text tower's token lookup is already called "embedding", and renaming the
@@ -329,8 +336,8 @@ def _name_output(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
 def _torchscript_export(module: nn.Module, modality: str, x: torch.Tensor) -> onnx.ModelProto:
     name = INPUT_NAMES[modality]
     axes = {name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-    if modality == "audio":
-        axes[name][1] = "samples"
+    if modality in ("audio", "text"):
+        axes[name][1] = "samples" if modality == "audio" else "tokens"
     buf = io.BytesIO()
     torch.onnx.export(module, (x,), buf, dynamo=False, input_names=[name], output_names=[OUTPUT_NAME],
                       dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True)
@@ -394,7 +401,10 @@ def verify_graph(model: AudioCLIP, modality: str, proto_or_path, min_cos: float 
     src = proto_or_path.SerializeToString() if isinstance(proto_or_path, onnx.ModelProto) else str(proto_or_path)
     sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
     name = INPUT_NAMES[modality]
-    cases = [example_input(model, modality, 1, 1.3, seed=11), example_input(model, modality, 3, 2.7, seed=12)]
+    # Two batch sizes; two lengths (audio: samples, text: token positions, one of them cut
+    # just after the batch's last end token as the runtime feeds it).
+    cases = [example_input(model, modality, 1, 1.3, seed=11),
+             example_input(model, modality, 3, 2.7, seed=12, tokens=8)]
     worst = 1.0
     for x in cases:
         try:

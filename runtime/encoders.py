@@ -228,8 +228,20 @@ class Encoders:
             if not isinstance(t, str):
                 raise InputError(f"text {i} is a {type(t).__name__}, not a string")
         enc = self.encoder("text")
-        out = [l2_normalise(enc.run(self.tokenizer(batch))) for batch in batched(texts, batch_size)]
+        out = [l2_normalise(enc.run(self._trim(enc, self.tokenizer(batch))))
+               for batch in batched(texts, batch_size)]
         return np.concatenate(out)
+
+    @staticmethod
+    def _trim(enc: "LoadedEncoder", tokens: np.ndarray) -> np.ndarray:
+        """Cut the token matrix after the batch's last end token when the graph takes any
+        length. The tower reads each row at its end token under a causal mask, so the
+        positions after it never reach the output: a label prompt runs 5-12 positions
+        instead of 77. A graph with a fixed length (schema-1 bundles) gets all of them."""
+        if isinstance(enc.encoder.inputs[0].shape[1], int) or tokens.shape[1] == 0:
+            return tokens
+        # The end token is the largest id, so argmax finds it (as the tower itself does).
+        return tokens[:, : int(tokens.argmax(axis=1).max()) + 1]
 
     # -- audio -----------------------------------------------------------------------------
     def load_wave(self, src: Any) -> np.ndarray:
