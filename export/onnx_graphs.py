@@ -37,9 +37,14 @@ from runtime.manifest import TensorSpec
 from training.model import AudioCLIP
 from training.model.fbsp import fbsp_grid, fbsp_weights
 
-from .parity import INPUT_NAMES, OUTPUT_NAME, cosines
+from .parity import INPUT_NAMES, OUTPUT_NAME, OUTPUT_NAMES, cosines
 
 MODALITIES = ("image", "text", "audio")
+# The audio tower split at its last feature map: ``audio_trunk`` (waveform -> features,
+# local in time) runs once over a whole track, ``audio_head`` (features -> embedding)
+# pools each window's slice of it. The manifest lists them as audio graphs with a part.
+SPAN_PARTS = ("audio_trunk", "audio_head")
+GRAPH_KINDS = MODALITIES + SPAN_PARTS
 # A [-1, 1] waveform times 2**15 is the int16 value range the audio tower was trained on;
 # a power of two, so the multiplication is exact in float32 and costs no parity.
 INT16_SCALE = 32768.0
@@ -216,11 +221,38 @@ class AudioGraph(nn.Module):
         return self.audio(waveform * INT16_SCALE)
 
 
+class AudioTrunkGraph(AudioGraph):
+    """[-1, 1] waveform -> the tower's last gated feature map [batch, C, F, steps]."""
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        a = self.audio
+        return a.features(a.spectrogram((waveform * INT16_SCALE).to(a.window.dtype)))
+
+
+class AudioHeadGraph(nn.Module):
+    """A feature map (or a window's slice of a track's) -> embedding."""
+
+    def __init__(self, model: AudioCLIP, fbsp: str = "computed"):
+        super().__init__()
+        self.audio = _export_audio_tower(model.audio, fbsp)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.audio.pool(features)
+
+
 def graph_module(model: AudioCLIP, modality: str, fbsp: str = "computed") -> nn.Module:
     """The nn.Module whose forward is exactly the exported graph (for tests and export)."""
-    if modality == "audio":
-        return AudioGraph(model, fbsp).eval()
+    if modality in ("audio", *SPAN_PARTS):
+        cls = {"audio": AudioGraph, "audio_trunk": AudioTrunkGraph, "audio_head": AudioHeadGraph}[modality]
+        return cls(model, fbsp).eval()
     return {"image": ImageGraph, "text": TextGraph}[modality](model).eval()
+
+
+def span_geometry(model: AudioCLIP) -> tuple[int, int]:
+    """(channels, frequency steps) of the audio trunk's feature map, by running it once."""
+    with torch.no_grad():
+        f = AudioTrunkGraph(model).eval()(torch.zeros(1, model.config.audio.sample_rate))
+    return int(f.shape[1]), int(f.shape[2])
 
 
 def reference_forward(model: AudioCLIP, modality: str, x: np.ndarray) -> np.ndarray:
@@ -234,6 +266,10 @@ def reference_forward(model: AudioCLIP, modality: str, x: np.ndarray) -> np.ndar
             out = model.visual(t)
         elif modality == "text":
             out = model.text(t)
+        elif modality == "audio_trunk":
+            out = model.audio.features(model.audio.spectrogram(t * INT16_SCALE))
+        elif modality == "audio_head":
+            out = model.audio.pool(t)
         else:
             out = model.audio(t * INT16_SCALE)
     return out.float().numpy()
@@ -242,14 +278,21 @@ def reference_forward(model: AudioCLIP, modality: str, x: np.ndarray) -> np.ndar
 # -- specs ----------------------------------------------------------------------------------
 def io_specs(model: AudioCLIP, modality: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     cfg = model.config
+    out = TensorSpec(OUTPUT_NAME, "float32", ("batch", cfg.embed_dim))
     if modality == "image":
         s = cfg.image.resolution
         inp = TensorSpec("pixels", "float32", ("batch", 3, s, s))
     elif modality == "text":
         inp = TensorSpec("tokens", "int64", ("batch", "tokens"))
+    elif modality in SPAN_PARTS:
+        c, f = span_geometry(model)
+        features = ("batch", c, f, "steps")
+        if modality == "audio_head":
+            return (TensorSpec("features", "float32", features),), (out,)
+        return (TensorSpec("waveform", "float32", ("batch", "samples")),), (TensorSpec("features", "float32", features),)
     else:
         inp = TensorSpec("waveform", "float32", ("batch", "samples"))
-    return (inp,), (TensorSpec(OUTPUT_NAME, "float32", ("batch", cfg.embed_dim)),)
+    return (inp,), (out,)
 
 
 def example_input(model: AudioCLIP, modality: str, batch: int = 2, seconds: float = 2.0,
@@ -271,6 +314,11 @@ def example_input(model: AudioCLIP, modality: str, batch: int = 2, seconds: floa
             ids[b, 1:n] = rng.integers(1, vocab - 2, n - 1)
             ids[b, n] = vocab - 1  # end token: the largest id, where the tower reads out
         return ids
+    if modality == "audio_head":
+        # A trunk's output is gated (sigmoid) ReLU features: non-negative, of order 1.
+        c, f = span_geometry(model)
+        steps = max(2, int(round(seconds * 2.5)))
+        return np.abs(rng.standard_normal((batch, c, f, steps))).astype(np.float32)
     samples = int(round(seconds * cfg.audio.sample_rate))
     t = np.arange(samples) / cfg.audio.sample_rate
     tone = np.sin(2 * np.pi * 220.0 * t)[None, :] * rng.uniform(0.1, 0.5, (batch, 1))
@@ -292,10 +340,12 @@ def _quiet():
 def _dynamo_export(module: nn.Module, modality: str, x: torch.Tensor) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=4096)
     dims = {0: batch}
-    if modality == "audio":
+    if modality in ("audio", "audio_trunk"):
         # min 2: torch.export specialises sizes 0 and 1; the graph still handles any length
         # because frame_signal keeps its max() in the graph.
         dims[1] = torch.export.Dim("samples", min=2, max=MAX_SAMPLES)
+    elif modality == "audio_head":
+        dims[3] = torch.export.Dim("steps", min=2, max=MAX_SAMPLES // 512)
     elif modality == "text":
         # Up to the context length the positional table covers (min 2: start + end token).
         dims[1] = torch.export.Dim("tokens", min=2, max=module.text.positional_embedding.shape[0])
@@ -305,7 +355,7 @@ def _dynamo_export(module: nn.Module, modality: str, x: torch.Tensor) -> onnx.Mo
     # output to it breaks SSA (torch 2.13). _name_output renames safely afterwards.
     prog = torch.onnx.export(module, (x,), dynamo=True, input_names=[name], dynamic_shapes={name: dims},
                              opset_version=OPSET, optimize=True, external_data=False, verbose=False)
-    return _name_output(prog.model_proto, OUTPUT_NAME)
+    return _name_output(prog.model_proto, OUTPUT_NAMES.get(modality, OUTPUT_NAME))
 
 
 def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
@@ -334,12 +384,16 @@ def _name_output(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
 
 
 def _torchscript_export(module: nn.Module, modality: str, x: torch.Tensor) -> onnx.ModelProto:
-    name = INPUT_NAMES[modality]
-    axes = {name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-    if modality in ("audio", "text"):
-        axes[name][1] = "samples" if modality == "audio" else "tokens"
+    name, out = INPUT_NAMES[modality], OUTPUT_NAMES.get(modality, OUTPUT_NAME)
+    axes = {name: {0: "batch"}, out: {0: "batch"}}
+    if modality in ("audio", "audio_trunk", "text"):
+        axes[name][1] = "tokens" if modality == "text" else "samples"
+    if modality == "audio_trunk":
+        axes[out][3] = "steps"
+    if modality == "audio_head":
+        axes[name][3] = "steps"
     buf = io.BytesIO()
-    torch.onnx.export(module, (x,), buf, dynamo=False, input_names=[name], output_names=[OUTPUT_NAME],
+    torch.onnx.export(module, (x,), buf, dynamo=False, input_names=[name], output_names=[out],
                       dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True)
     return onnx.load_from_string(buf.getvalue())
 
@@ -408,7 +462,7 @@ def verify_graph(model: AudioCLIP, modality: str, proto_or_path, min_cos: float 
     worst = 1.0
     for x in cases:
         try:
-            got = sess.run([OUTPUT_NAME], {name: x})[0]
+            got = sess.run([OUTPUT_NAMES.get(modality, OUTPUT_NAME)], {name: x})[0]
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise ExportError(f"{modality} graph fails on input shape {list(x.shape)}: "
                               f"{str(exc).splitlines()[0][:200]}") from None
@@ -416,7 +470,7 @@ def verify_graph(model: AudioCLIP, modality: str, proto_or_path, min_cos: float 
         if got.shape != ref.shape:
             raise ExportError(f"{modality} graph gives shape {got.shape} for input {list(x.shape)}, "
                               f"PyTorch gives {ref.shape}")
-        worst = min(worst, float(cosines(got, ref).min()))
+        worst = min(worst, float(cosines(got.reshape(len(got), -1), ref.reshape(len(ref), -1)).min()))
     if worst < min_cos:
         raise ExportError(f"{modality} graph disagrees with PyTorch (worst cosine {worst:.6f} < {min_cos})")
     return worst
@@ -431,7 +485,7 @@ def export_encoder(model: AudioCLIP, modality: str, path: str | Path, exporter: 
     with its real targets comes later, on a held-out set). ``fbsp`` (audio only): see
     ``FBSP_MODES``.
     """
-    if modality not in MODALITIES:
+    if modality not in GRAPH_KINDS:
         raise ValueError(f"unknown modality {modality!r}")
     path = Path(path)
     model = model.eval()
@@ -462,4 +516,5 @@ def export_encoder(model: AudioCLIP, modality: str, path: str | Path, exporter: 
 
 __all__ = ["ExportError", "ExportedGraph", "export_encoder", "graph_module", "reference_forward", "io_specs",
            "example_input", "check_graph", "tidy", "verify_graph", "cosines", "adaptive_max_pool2d_export",
-           "MODALITIES", "INPUT_NAMES", "OUTPUT_NAME", "INT16_SCALE", "FBSP_MODES"]
+           "MODALITIES", "SPAN_PARTS", "GRAPH_KINDS", "span_geometry", "INPUT_NAMES", "OUTPUT_NAME", "INT16_SCALE",
+           "FBSP_MODES"]

@@ -25,8 +25,11 @@ from .calibration import InputSet
 if TYPE_CHECKING:  # torch stays unimported until a reference is computed
     from training.model import AudioCLIP
 
-INPUT_NAMES = {"image": "pixels", "text": "tokens", "audio": "waveform"}
+INPUT_NAMES = {"image": "pixels", "text": "tokens", "audio": "waveform",
+               # The audio tower in two graphs, for embedding a whole track at once (README):
+               "audio_trunk": "waveform", "audio_head": "features"}
 OUTPUT_NAME = "embedding"
+OUTPUT_NAMES = {"audio_trunk": "features"}  # every other graph outputs OUTPUT_NAME
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,19 +1,15 @@
 """The export at full size (134 M parameters) on the parity fixture's weights: fp32 + int8.
 
-Slow (about two to three minutes on two cores: the dynamo exporter alone takes ~80 s for
-the three towers), so the held-out set is 8 inputs per encoder instead of 32 and the
-built-in calibration set is small; the numbers the export reports at full strength are in
-the README.
+Slow (a few minutes on two cores: the dynamo exporter alone takes ~80 s for the three
+towers, and the image tower tries int8 recipes until one meets its target), so the
+held-out set is 8 inputs per encoder instead of 32 and the built-in calibration set is
+small; the numbers the export reports at full strength are in the README.
 
-What the parity weights allow (measured, see README "parity"): the image and text graphs
-match PyTorch to cosine 1.000000. The audio tower with these random weights is
-numerically chaotic: its attention gates are sigmoids of activations in the thousands,
-and tiny float32 rounding differences in the quietest spectrogram bins flip some of them,
-so PyTorch float32 itself differs from PyTorch float64 by cosine 0.96-0.99, and feeding it
-the input scaled by (1 + 1e-7 noise) moves it to 0.994. The fp32 audio graph is far
-closer to PyTorch than that (32 held-out clips: mean 0.99985, min 0.9974; on some subsets
-min 0.99989), but not always at the 0.9999 target; int8 audio (mean ~0.946) is not within
-its target on these weights either, and the manifest says so.
+Version 2 of the fixture tames the random audio tower (its float32 and float64 runs agree
+to 0.99998), so every graph is held to its target here, audio included. The image tower's
+random attention pool is not tamed and amplifies any error in its input (measured: input
+cosine 0.999997 gives output cosine 0.994), so its int8 graph keeps as many late stages in
+fp32 as the target needs; the manifest says which.
 """
 from __future__ import annotations
 
@@ -75,14 +71,11 @@ def test_full_size_bundle(full_bundle):
           + f"\n  exporters: {report.exporters}; {report.seconds:.0f} s")
     for key, entry in parity.items():
         assert entry.passed == TARGETS[key[1]].met(entry.min_cosine, entry.mean_cosine)
-    for modality in ("image", "text"):
-        assert parity[(modality, "fp32")].passed, parity[(modality, "fp32")]
-    assert parity[("text", "int8")].passed, parity[("text", "int8")]
-    assert parity[("image", "int8")].mean_cosine >= TARGETS["int8"].mean_cosine, parity[("image", "int8")]
-    # Audio fp32: far inside the chaotic trunk's own float32 noise (PyTorch fp32 vs fp64 is
-    # 0.96-0.99 on such inputs), though not always at the 0.9999 target (module docstring).
-    audio = parity[("audio", "fp32")]
-    assert audio.mean_cosine >= 0.9995 and audio.min_cosine >= 0.99, audio
+        assert entry.passed, entry  # every graph, int8 included, on the v2 weights
+    for e in manifest.encoders:
+        if e.precision == "int8":
+            assert e.int8_format.saturation_free and e.int8_format.max_abs_weight <= 64, e
+        assert e.selfcheck_min_cosine >= (0.9999 if e.precision == "fp32" else 0.9), e
 
 
 @pytest.mark.slow
@@ -102,6 +95,6 @@ def test_full_size_audio_5s_and_dynamic_batch(full_bundle):
     cos = cosines(got, ref)
     print(f"\nfull-size audio fp32 at 5 s, batch 3: cosine {np.round(cos, 6).tolist()}")
     assert got.shape == (3, 1024)
-    assert cos.mean() >= 0.9995 and cos.min() >= 0.99, cos
+    assert cos.min() >= 0.9999, cos
     one = sess.run(["embedding"], {"waveform": wave[:1]})[0]
     assert cosines(one, got[:1])[0] > 0.9999

@@ -119,11 +119,26 @@ class ESResNeXtFBSP(nn.Module):
 
         Split out so training with a frozen front end can compute spectrograms once.
         """
+        return self.pool(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """dB spectrogram -> the last stage's gated feature map [B, C, bins/32, frames/32].
+
+        Everything up to here is local in time (convolutions, and gates that pool only within
+        each stride), so a long clip's map holds, step by step, what each window's own map
+        holds away from its edges: the runtime embeds a whole track at once and pools this
+        map per window (``pool``) instead of running every overlapping window.
+        """
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for layer, gate in ((self.layer1, self.att1), (self.layer2, self.att2),
                             (self.layer3, self.att3), (self.layer4, self.att4)):
             y = layer(x)
             x = y * gate(x, y.shape[-2:])
+        return x
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """A feature map (one window's, or a slice of a track's) -> embedding: global average,
+        the last attention gate on its global maximum, then fc."""
         y = self.avgpool(x)
         x = y * self.att5(x, y.shape[-2:])
         return self.fc(torch.flatten(x, 1))
