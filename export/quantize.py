@@ -49,6 +49,7 @@ from pathlib import Path
 
 import onnx
 
+from runtime.errors import one_line
 from runtime.manifest import Int8Format
 
 from .calibration import InputSet
@@ -237,7 +238,7 @@ class _Reader:
     """onnxruntime's CalibrationDataReader protocol over an InputSet (fresh per pass)."""
 
     def __init__(self, inputs: InputSet, modality: str, batch_size: int = 4):
-        from .onnx_graphs import INPUT_NAMES
+        from .graph_io import INPUT_NAMES
 
         self._name = INPUT_NAMES[modality]
         self._batches = list(inputs.batches(modality, batch_size))
@@ -455,8 +456,7 @@ def quantize_encoder(fp32_path: str | Path, out_path: str | Path, modality: str,
         except QuantizeError:
             raise
         except Exception as exc:  # noqa: BLE001 - the tools raise anything from ValueError to ORT errors
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise QuantizeError(f"quantising the {modality} encoder failed: {type(exc).__name__}: {first}") from None
+            raise QuantizeError(f"quantising the {modality} encoder failed: {type(exc).__name__}: {one_line(exc)}") from None
         q = tidy(onnx.load(str(tmp_out)))
         check_graph(q)
         facts = analyse(q)
