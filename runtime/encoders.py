@@ -88,8 +88,13 @@ def _describe_audio(src: Any) -> str:
 
 
 def _is_single(items: Any) -> bool:
+    """One page rather than a list of them: a path, bytes, a PIL image, a uint8 image array
+    (HxW grey or HxWxC), or one page's preprocessed float pixels [3, S, S]. A uint8 array
+    of rank 4 or float pixels [N, 3, S, S] are batches."""
     from PIL import Image
 
+    if isinstance(items, np.ndarray):
+        return items.ndim in (2, 3) if items.dtype == np.uint8 else items.ndim == 3
     return isinstance(items, (str, Path, bytes, Image.Image))
 
 
@@ -226,6 +231,9 @@ class Encoders:
 
     def embed_images(self, items: Sequence[Any], mode: str | None = None, batch_size: int = 8) -> np.ndarray:
         """Pages (paths, bytes, PIL images, uint8 arrays, or float [3,S,S] pixels) -> [N, D].
+
+        One page on its own (not in a list) gives [1, D]: ``embed_images(page_array)`` with a
+        HxWx3 uint8 array is one page, not a list of its pixel rows.
 
         ``mode``: "center_crop" (the paper's, default from the manifest), "letterbox"
         (whole page), or "tiles" (square tiles along the long side, their embeddings averaged).
