@@ -55,6 +55,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from runtime.extras import exit_unless_installed
+
+    # Before anything that needs onnx or torch (even --help lists the quantisation presets).
+    exit_unless_installed("python -m export", "export")
     from runtime.manifest import PRECISIONS
 
     from .quantize import PRESETS, TOOLS

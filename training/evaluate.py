@@ -33,6 +33,11 @@ moved into place, so an interrupted evaluation never leaves a half-written repor
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: say which extra is missing, before importing it
+    from runtime.extras import exit_unless_installed
+
+    exit_unless_installed("python -m training.evaluate", "train")
+
 import argparse
 import csv
 import io

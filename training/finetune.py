@@ -33,6 +33,11 @@ skipped, counted, named in the metrics and left out of later epochs; they never 
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: say which extra is missing, before importing it
+    from runtime.extras import exit_unless_installed
+
+    exit_unless_installed("python -m training.finetune", "train")
+
 import argparse
 import json
 import logging
