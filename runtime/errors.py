@@ -24,11 +24,11 @@ class SilentAudioError(InputError):
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception as one line for a user: its message's first non-blank line, whitespace
-    collapsed, at most ``limit`` characters; the class name when the message is empty.
+    """An exception as one line for a user: its message with every run of whitespace
+    (newlines included) folded to one space, at most ``limit`` characters; the class name
+    when the message is empty.
 
     Libraries' messages (libsndfile, ONNX Runtime, onnx's checker) can span many lines, and
     every command promises one line per error."""
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    text = " ".join(lines[0].split()) if lines else type(exc).__name__
+    text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
