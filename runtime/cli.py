@@ -1,8 +1,8 @@
 """Plumbing shared by the runtime's command-line tools.
 
-Every command follows the same rules (DESIGN.md, "The CLI"): a progress bar on long work,
-``--help`` that explains, exit 0 on success, and exit 2 with exactly one line on stderr for
-bad usage or bad input, with the traceback only under ``--debug``. ``run_main`` enforces the
+Every command follows the same rules: a progress bar on long work, ``--help`` that
+explains, exit 0 on success, and exit 2 with exactly one line on stderr for bad usage or
+bad input, with the traceback only under ``--debug``. ``run_main`` enforces the
 exit-code rules around a command's ``main`` and prints the library's notes (the demo model
 note) after a command's output, only when it succeeded; ``Parser`` makes argparse's own
 usage errors one line too; ``Progress`` is the bar; ``shown_path`` is how every command

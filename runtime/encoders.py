@@ -109,9 +109,10 @@ class Encoders:
     (off: an app's idle CPU stays idle); ``providers``, ``provider_options``,
     ``session_options``: passed to ONNX Runtime as given, for an app that names its own
     execution providers (CoreML, NNAPI, DirectML, OpenVINO) or thread pool (see
-    ``sessions.SessionSettings``); ``selfcheck``: run each graph's golden input the first time it is opened on this
-    machine (None: on unless ``MANGA_MUSIC_SELFCHECK=0``; see ``runtime.selfcheck``), with
-    passes remembered under ``cache_dir`` (None: ``$MANGA_MUSIC_CACHE`` or the user cache).
+    ``sessions.SessionSettings``); ``selfcheck``: run each graph's golden input the first
+    time it is opened on this machine (None: on unless ``MANGA_MUSIC_SELFCHECK=0``; see
+    ``runtime.selfcheck``), with passes remembered under ``cache_dir`` (None:
+    ``$MANGA_MUSIC_CACHE`` or the user cache). A demo bundle is noted once per process.
     """
 
     def __init__(self, bundle: Bundle | str | Path | None = None, device: str = "auto",
