@@ -138,8 +138,11 @@ def _print(result) -> None:
     else:
         print(f"track: {shown_path(result.source)}")
         print(f"  moods:  {_pct(result.moods)}")
-        print("  similar tracks:")
-        _print_tracks(result.tracks, "    ")
+        if result.library is None:
+            print("  similar tracks: none searched (no library built with this bundle: give --library)")
+        else:
+            print("  similar tracks:")
+            _print_tracks(result.tracks, "    ")
         if result.pages:
             print("  pages that fit it:")
         for i, pg in enumerate(result.pages, 1):
@@ -173,8 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         retriever = Retriever(bundle=args.bundle, library=args.library, **options)
         try:
             # Whatever every item needs is opened and checked before any is embedded: a bad
-            # bundle or library is one error, not one per item.
-            _ = retriever.library
+            # bundle or library is one error, not one per item. (Tracks alone need no
+            # library unless one is named: their similar tracks come from the default one
+            # only when it was built with this bundle.)
+            if args.library or any(items[i].kind != "track" for i in todo):
+                _ = retriever.library
             if args.pages_index:
                 retriever.pages_index(args.pages_index)
             for kind, modality in (("page", "image"), ("text", "text")):

@@ -94,6 +94,7 @@ class TrackResult:
     moods: Dist  # all moods, most likely first
     pages: tuple[PageHit, ...]
     tracks: tuple[TrackHit, ...] = ()
+    library: str | None = None  # the library the similar tracks come from; None: none searched
 
     def to_dict(self) -> dict:
         return {"type": "track", **_plain(self)}
@@ -292,13 +293,26 @@ class Retriever:
         hits = self.search_tracks(emb[None, :], top_k + (own_path is not None))[0]
         return tuple(h for h in hits if h.path != own_path)[:top_k]
 
+    def _similar_library(self) -> Library | None:
+        """The library similar tracks come from: the one named (its problems are errors),
+        else the default one when it was built with this bundle (the shipped demo pair);
+        None when the default one was built with another bundle (a track's moods and pages
+        need no library)."""
+        if self._library_src is not None or self._library is not None:
+            return self.library
+        try:
+            return self.library
+        except LibraryError:
+            return None
+
     def query_audio(self, track: Any, pages_index: PagesIndex | Library | str | Path | None = None,
                     top_k: int = 10, similar: bool = True) -> TrackResult:
-        """A track -> its moods, the library's ``top_k`` most similar tracks (``similar``),
-        and the ``top_k`` pages that fit it when a pages index is given."""
-        if similar:
-            _ = self.library  # opened first, so a track it holds is read from it, not decoded
+        """A track -> its moods, the library's ``top_k`` most similar tracks (``similar``;
+        ``TrackResult.library`` says which library, None when there was none for this
+        bundle), and the ``top_k`` pages that fit it when a pages index is given."""
+        # Opened first, so a track it holds is read from it, not decoded.
+        lib = self._similar_library() if similar else None
         emb, moods = self._track_view(track)
         pages = self._pages_for(emb, pages_index, top_k) if pages_index is not None else ()
-        tracks = self._similar(track, emb, top_k) if similar else ()
-        return TrackResult(_describe(track), moods, pages, tracks)
+        tracks = self._similar(track, emb, top_k) if lib is not None else ()
+        return TrackResult(_describe(track), moods, pages, tracks, None if lib is None else str(lib.dir))

@@ -250,6 +250,13 @@ def test_audio_lists_the_most_similar_tracks_and_the_pages_that_fit(retriever, w
     out = json.loads(run_cli("runtime.query", "--audio", track, "--library", world.library, "--bundle", world.bundle,
                              "--top-k", "2", "--json").stdout)[0]
     assert [t["path"] for t in out["tracks"]] == [t.path for t in res.tracks[:2]] and out["pages"] == []
+    assert out["library"] == str(world.library.resolve())
+    # No library named and the default one (the shipped demo's) built with another bundle:
+    # the track's moods still come, and the output says no library was searched.
+    alone = run_cli("runtime.query", "--audio", track, "--bundle", world.bundle)
+    assert alone.returncode == 0, alone.stderr
+    assert "  similar tracks: none searched (no library built with this bundle: give --library)" in alone.stdout
+    assert alone.stdout.count("%") == 7
 
 
 @pytest.mark.parametrize("args, expect", [
