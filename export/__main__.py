@@ -55,6 +55,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from runtime.extras import exit_unless_installed
+
+    # Before anything that needs onnx or torch (even --help lists the quantisation presets).
+    exit_unless_installed("python -m export", "export")
     from runtime.manifest import PRECISIONS
 
     from .quantize import PRESETS, TOOLS
@@ -94,17 +98,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.debug:
         warnings.filterwarnings("ignore")
         logging.disable(logging.WARNING)
-    from runtime.errors import MangaMusicError
+    from runtime.errors import MangaMusicError, one_line
 
     from . import ParityTargetError, ParityWarning, build_bundle_report
     from .parity import MIN_PARITY_INPUTS
@@ -137,12 +136,12 @@ def main(argv=None) -> int:
                 optimum_preset=args.optimum_preset, quant_tool=args.quant_tool, parity_inputs=args.parity_inputs,
                 threads=args.threads, log=note)
     except ParityTargetError as exc:
-        sys.stderr.write(f"export: {_one_line(exc)}\n")
+        sys.stderr.write(f"export: {one_line(exc)}\n")
         return 3
     except MangaMusicError as exc:
         if args.debug:
             raise
-        sys.stderr.write(f"export: {_one_line(exc)}\n")
+        sys.stderr.write(f"export: {one_line(exc)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("export: interrupted; nothing was written\n")
@@ -150,7 +149,7 @@ def main(argv=None) -> int:
     except Exception as exc:  # noqa: BLE001 - exporter / quantiser failures: one line, not a traceback
         if args.debug:
             raise
-        sys.stderr.write(f"export: failed: {type(exc).__name__}: {_one_line(exc)} (run with --debug for details)\n")
+        sys.stderr.write(f"export: failed: {type(exc).__name__}: {one_line(exc)} (run with --debug for details)\n")
         return 1
     _summary(report, missed)
     return 0

@@ -9,7 +9,6 @@ replaced with ``force=True``, and a folder that is not a bundle is never replace
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,13 +21,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from runtime.errors import InputError, MangaMusicError
+from runtime.hashing import sha256_file
 from runtime.labels import GENRE_LABELS, MOOD_LABELS, LabelSet
 from runtime.manifest import (PRECISIONS, SCHEMA_VERSION, AudioPreprocess, EncoderFile, ImagePreprocess,
                               LabelEmbeddings, LogitScales, Manifest, ModelInfo, ParityEntry, TextPreprocess)
 from runtime.tokenizer import DEFAULT_VOCAB_FILE, default_tokenizer
 
 from .golden import floor_for, golden_cosine
-from .parity import INPUT_NAMES, make_session, measure_session
+from .graph_io import INPUT_NAMES
+from .parity import measure_session, parity_session
 
 MANIFEST_NAME = "manifest.json"
 VOCAB_SOURCE = Path(__file__).resolve().parent.parent / "runtime" / "assets" / DEFAULT_VOCAB_FILE
@@ -142,14 +143,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- labels -----------------------------------------------------------------------------------
@@ -325,7 +318,7 @@ def build_bundle_report(model_or_checkpoint, out_dir: str | os.PathLike, precisi
             for precision in precisions:
                 path, method, fmt = made[precision]
                 providers = fp16_provider if precision == "fp16" else ("CPUExecutionProvider",)
-                sess = make_session(path, threads, providers)
+                sess = parity_session(path, threads, providers)
                 entry, got = measure_session(sess, modality, precision, held_out, reference)
                 embedded[(modality, precision)] = got
                 export_cos = golden_cosine(lambda x, s=sess: s.run(["embedding"], {INPUT_NAMES[modality]: x})[0],
@@ -352,7 +345,7 @@ def build_bundle_report(model_or_checkpoint, out_dir: str | os.PathLike, precisi
 
         bar.step("writing manifest")
         shutil.copyfile(VOCAB_SOURCE, staging / text_cfg.vocab_file)
-        encoders = [replace(e, sha256=_sha256(staging / e.file), bytes=(staging / e.file).stat().st_size)
+        encoders = [replace(e, sha256=sha256_file(staging / e.file), bytes=(staging / e.file).stat().st_size)
                     for e in encoders]
         scales = {k: float(v.detach()) for k, v in model.logit_scales().items()}
         manifest = Manifest(
@@ -364,7 +357,7 @@ def build_bundle_report(model_or_checkpoint, out_dir: str | os.PathLike, precisi
                                      audio_image=scales["audio_image"]),
             image=image_cfg, audio=audio_cfg, text=text_cfg,
             encoders=tuple(encoders), labels=labels, parity=tuple(parity),
-            vocab_sha256=_sha256(staging / text_cfg.vocab_file), goldens=tuple(goldens.values()),
+            vocab_sha256=sha256_file(staging / text_cfg.vocab_file), goldens=tuple(goldens.values()),
         )
         _write_manifest(staging / MANIFEST_NAME, manifest)
         bar.done()

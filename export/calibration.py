@@ -20,13 +20,12 @@ import numpy as np
 
 from runtime.audio_preprocess import load_audio, windows
 from runtime.errors import InputError, MangaMusicError
+from runtime.formats import is_audio_name, is_image_name
 from runtime.image_preprocess import preprocess_image
 from runtime.labels import GENRE_LABELS, MOOD_LABELS
 from runtime.manifest import AudioPreprocess, ImagePreprocess
 from runtime.tokenizer import default_tokenizer
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".opus")
 # Seeds: calibration draws from [0, 10000), parity from [PARITY_SEED, ...): never the same input.
 PARITY_SEED = 1_000_003
 # A user folder can be huge; calibration needs tens of inputs, not thousands.
@@ -348,8 +347,8 @@ def folder_sets(folder: str | Path, image_cfg: ImagePreprocess, audio_cfg: Audio
     if not folder.is_dir():
         raise InputError(f"{folder}: calibration folder does not exist or is not a folder")
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    img_cal, img_held = _split([p for p in files if p.suffix.lower() in IMAGE_SUFFIXES])
-    aud_cal, aud_held = _split([p for p in files if p.suffix.lower() in AUDIO_SUFFIXES])
+    img_cal, img_held = _split([p for p in files if is_image_name(p.name)])
+    aud_cal, aud_held = _split([p for p in files if is_audio_name(p.name)])
     notes, skipped = [], []
     images = _load_images(_spread(img_cal, MAX_USER_IMAGES), image_cfg, skipped)
     clips = _load_clips(_spread(aud_cal, MAX_USER_CLIPS), audio_cfg, skipped)

@@ -33,11 +33,13 @@ import onnx
 import torch
 from torch import nn
 
+from runtime.errors import one_line
 from runtime.manifest import TensorSpec
+from runtime.selfcheck import row_cosines as cosines
 from training.model import AudioCLIP
 from training.model.fbsp import fbsp_grid, fbsp_weights
 
-from .parity import INPUT_NAMES, OUTPUT_NAME, OUTPUT_NAMES, cosines
+from .graph_io import INPUT_NAMES, OUTPUT_NAME, OUTPUT_NAMES
 
 MODALITIES = ("image", "text", "audio")
 # The audio tower split at its last feature map: ``audio_trunk`` (waveform -> features,
@@ -443,7 +445,7 @@ def check_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
         onnx.checker.check_model(proto, full_check=True)
         return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"graph fails onnx checks: {str(exc).splitlines()[0][:300]}") from None
+        raise ExportError(f"graph fails onnx checks: {one_line(exc)}") from None
 
 
 def verify_graph(model: AudioCLIP, modality: str, proto_or_path, min_cos: float = 0.9999) -> float:
@@ -465,7 +467,7 @@ def verify_graph(model: AudioCLIP, modality: str, proto_or_path, min_cos: float 
             got = sess.run([OUTPUT_NAMES.get(modality, OUTPUT_NAME)], {name: x})[0]
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise ExportError(f"{modality} graph fails on input shape {list(x.shape)}: "
-                              f"{str(exc).splitlines()[0][:200]}") from None
+                              f"{one_line(exc, 200)}") from None
         ref = reference_forward(model, modality, x)
         if got.shape != ref.shape:
             raise ExportError(f"{modality} graph gives shape {got.shape} for input {list(x.shape)}, "
@@ -503,8 +505,7 @@ def export_encoder(model: AudioCLIP, modality: str, path: str | Path, exporter: 
             proto = check_graph(tidy(proto))
             verify_graph(model, modality, proto, verify_cos)
         except Exception as exc:  # noqa: BLE001 - any exporter failure means: try the next one
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            failures.append(f"{name}: {type(exc).__name__}: {first[:300]}")
+            failures.append(f"{name}: {type(exc).__name__}: {one_line(exc)}")
             log.info("%s exporter failed for %s: %s", name, modality, failures[-1])
             continue
         proto.producer_name = "manga-music export"

@@ -18,26 +18,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from runtime.errors import BundleError
 from runtime.manifest import ParityEntry
+from runtime.selfcheck import row_cosines as cosines  # noqa: F401  (re-exported: tests and callers use it)
 
 from .calibration import InputSet
+from .graph_io import INPUT_NAMES, OUTPUT_NAME
 
 if TYPE_CHECKING:  # torch stays unimported until a reference is computed
     from training.model import AudioCLIP
-
-INPUT_NAMES = {"image": "pixels", "text": "tokens", "audio": "waveform",
-               # The audio tower in two graphs, for embedding a whole track at once (README):
-               "audio_trunk": "waveform", "audio_head": "features"}
-OUTPUT_NAME = "embedding"
-OUTPUT_NAMES = {"audio_trunk": "features"}  # every other graph outputs OUTPUT_NAME
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity, in float64."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return (a * b).sum(1) / np.maximum(den, 1e-30)
 
 MIN_PARITY_INPUTS = 32
 
@@ -84,20 +73,20 @@ def reference_embeddings(model: "AudioCLIP", inputs: InputSet, modality: str, ba
     return np.concatenate(rows) if rows else np.zeros((0, model.config.embed_dim), np.float32)
 
 
-def make_session(path: str | Path, threads: int | None = 2, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
-    import onnxruntime as ort
+def parity_session(path: str | Path, threads: int | None = 2, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+    """The runtime's own session (``runtime.sessions.make_session``) on the providers named,
+    so parity is measured the way the runtime will run the graph."""
+    from runtime.sessions import SessionSettings, make_session
 
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # ORT warns about unused initializers etc.; not the user's concern
-    return ort.InferenceSession(str(path), opts, providers=list(providers))
+    try:
+        return make_session(path, SessionSettings(threads=threads or None, providers=tuple(providers)))[0]
+    except BundleError as exc:  # a graph this export just wrote: its failure, not bad input
+        raise RuntimeError(str(exc)) from None
 
 
 def onnx_embeddings(path: str | Path, inputs: InputSet, modality: str, batch_size: int = 4,
                     threads: int | None = 2, session=None) -> np.ndarray:
-    sess = session or make_session(path, threads)
+    sess = session or parity_session(path, threads)
     name = INPUT_NAMES[modality]
     rows = [sess.run([OUTPUT_NAME], {name: b})[0] for b in inputs.batches(modality, batch_size)]
     return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
@@ -149,7 +138,7 @@ def compare(modality: str, precision: str, got: np.ndarray, ref: np.ndarray,
 def measure(path: str | Path, modality: str, precision: str, inputs: InputSet, reference: np.ndarray,
             threads: int | None = 2, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> ParityEntry:
     """Run one graph on the held-out inputs and compare with the PyTorch ``reference``."""
-    return measure_session(make_session(path, threads, providers), modality, precision, inputs, reference)[0]
+    return measure_session(parity_session(path, threads, providers), modality, precision, inputs, reference)[0]
 
 
 def measure_session(sess, modality: str, precision: str, inputs: InputSet,

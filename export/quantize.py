@@ -49,6 +49,7 @@ from pathlib import Path
 
 import onnx
 
+from runtime.errors import one_line
 from runtime.manifest import Int8Format
 
 from .calibration import InputSet
@@ -237,7 +238,7 @@ class _Reader:
     """onnxruntime's CalibrationDataReader protocol over an InputSet (fresh per pass)."""
 
     def __init__(self, inputs: InputSet, modality: str, batch_size: int = 4):
-        from .onnx_graphs import INPUT_NAMES
+        from .graph_io import INPUT_NAMES
 
         self._name = INPUT_NAMES[modality]
         self._batches = list(inputs.batches(modality, batch_size))
@@ -290,16 +291,32 @@ def prepare(fp32_path: Path, out_path: Path, fold_constants: bool = True) -> tup
         if not fold_constants:
             src = _optimise_without_folding(src, Path(tmp) / src.name)
         skip = dict(skip_optimization=not fold_constants)
-        try:
-            quant_pre_process(str(src), str(out_path), **skip)
-        except Exception as exc:  # noqa: BLE001 - symbolic shape inference can fail on dynamic graphs
-            # Harmless: ONNX's own shape inference still runs; only ORT's symbolic pass is skipped.
-            log.info("symbolic shape inference skipped for %s (%s)", Path(fp32_path).name, type(exc).__name__)
-            quant_pre_process(str(src), str(out_path), skip_symbolic_shape=True, **skip)
+        # Absolute paths, and the work done inside the temporary folder: when ORT's symbolic
+        # shape inference gives up it saves its partial model (and a weights file) into the
+        # current directory, which would otherwise litter the user's.
+        src, dst = Path(src).absolute(), Path(out_path).absolute()
+        with _working_dir(tmp):
+            try:
+                quant_pre_process(str(src), str(dst), **skip)
+            except Exception as exc:  # noqa: BLE001 - symbolic shape inference can fail on dynamic graphs
+                # Harmless: ONNX's own shape inference still runs; only ORT's symbolic pass is skipped.
+                log.info("symbolic shape inference skipped for %s (%s)", Path(fp32_path).name, type(exc).__name__)
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **skip)
     model = onnx.load(str(out_path))
     _name_nodes(model)
     onnx.save_model(model, str(out_path))
     return model, notes
+
+
+@contextlib.contextmanager
+def _working_dir(path):
+    """``contextlib.chdir`` for Python 3.10 too (the export runs on one thread)."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 def _optimise_without_folding(src: Path, dst: Path) -> Path:
@@ -455,8 +472,7 @@ def quantize_encoder(fp32_path: str | Path, out_path: str | Path, modality: str,
         except QuantizeError:
             raise
         except Exception as exc:  # noqa: BLE001 - the tools raise anything from ValueError to ORT errors
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise QuantizeError(f"quantising the {modality} encoder failed: {type(exc).__name__}: {first}") from None
+            raise QuantizeError(f"quantising the {modality} encoder failed: {type(exc).__name__}: {one_line(exc)}") from None
         q = tidy(onnx.load(str(tmp_out)))
         check_graph(q)
         facts = analyse(q)

@@ -32,6 +32,10 @@ _EXPORTS = {
     "Library": "library",
     "LibraryMeta": "library",
     "TrackInfo": "library",
+    "PagesIndex": "library",
+    "PageInfo": "library",
+    "open_pages_index": "library",
+    "SessionSettings": "sessions",
     "Failure": "library",
     "BuildReport": "library",
     "SilentTrack": "library",
@@ -72,12 +76,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs only
     from .bundle import Bundle, PrecisionChoice, load_bundle
     from .encoders import Encoders, TrackEmbedding, l2_normalise
     from .errors import BundleError, InputError, LibraryError, MangaMusicError
-    from .library import (BuildReport, Failure, Library, LibraryMeta, SilentTrack, TrackInfo, build_library,
-                          open_library)
+    from .library import (BuildReport, Failure, Library, LibraryMeta, PageInfo, PagesIndex, SilentTrack, TrackInfo,
+                          build_library, open_library, open_pages_index)
     from .manifest import Manifest
     from .retrieval import PageHit, PageResult, Retriever, TextResult, TrackHit, TrackResult
     from .search import ExactIndex, FaissIndex, SearchHits, make_index
-    from .sessions import make_session, resolve_device
+    from .sessions import SessionSettings, make_session, resolve_device
     from .tokenizer import Tokenizer
     from .image_preprocess import load_image, preprocess_image
     from .audio_preprocess import load_audio

@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import InputError, SilentAudioError
+from .errors import InputError, SilentAudioError, one_line
 from .manifest import AudioPreprocess
 
 # Below this peak a track is digital silence (a 16-bit file's smallest step is 3e-5);
@@ -100,15 +100,45 @@ def decode_info(path: str | Path) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except _DECODE_ERRORS as exc:
-        raise InputError(f"{path}: not a readable audio file ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable audio file ({why_unreadable(path, exc)})") from None
     return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames), float(info.duration),
                      str(info.format))
 
 
-def _first_line(exc: BaseException) -> str:
-    # libsndfile messages can span lines; the CLI promises one line per error.
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+# libsndfile says this of a file it could open but not parse as MP3 (a text file named
+# .mp3, an empty file): it has just been checked to exist and be regular, so the words mislead.
+_MISLEADING = "does not exist or is not a regular file"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """True when a file's first bytes are text (UTF-8 without control characters other
+    than whitespace), which no audio format's header is."""
+    if not head or b"\x00" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut at the end of the sample
+            return False
+        text = head[:exc.start].decode("utf-8")
+    return all(c.isprintable() or c in "\t\n\r\f" for c in text)
+
+
+def why_unreadable(path: Path, exc: BaseException) -> str:
+    """Why the decoder refused ``path``, in words that fit the file (one line)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        head = None
+    if head == b"":
+        return "the file is empty"
+    if head is not None and _looks_like_text(head):
+        return "it is a text file, not audio"
+    text = one_line(exc)
+    if _MISLEADING in text:
+        return "libsndfile does not recognise its format"
+    return text
 
 
 class _Output:
@@ -186,7 +216,7 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float = MAX_TRAC
     except MemoryError:
         raise InputError(f"{path}: audio too large to decode in memory") from None
     except _DECODE_ERRORS as exc:
-        raise InputError(f"{path}: not a readable audio file ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable audio file ({why_unreadable(path, exc)})") from None
     if seconds_read == 0:
         raise InputError(f"{path}: audio file has no samples (zero length)")
     if wave.shape[0] < MIN_TRACK_SECONDS * sample_rate:

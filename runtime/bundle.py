@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BundleError
+from .hashing import sha256_file
 from .manifest import PRECISIONS, EncoderFile, Manifest, ManifestError, TensorSpec
 
 MANIFEST_NAME = "manifest.json"
@@ -39,18 +40,6 @@ _ORT_DTYPES = {
 # sha256 results per (path, size, mtime_ns): a process that opens several sessions of one
 # bundle, or reloads it, hashes each file once. Any rewrite changes mtime and misses.
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed (graphs are hundreds of MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 def _cached_sha256(path: Path) -> str:
@@ -191,9 +180,11 @@ class Bundle:
             if kind == "input" and extra:  # an input we would not feed makes every run fail
                 raise BundleError(f"{enc.file}: graph has input(s) {extra} that the manifest does not list")
 
-    def open_session(self, modality: str, precision: str, device: str = "auto", threads: int | None = None,
-                     strict: bool = False):
-        """Verify and open one encoder: ``(session, provider_used, EncoderFile)``."""
+    def open_session(self, modality: str, precision: str, settings=None, **overrides):
+        """Verify and open one encoder: ``(session, provider_used, EncoderFile)``.
+
+        ``settings``: a ``sessions.SessionSettings`` (default: ours), fields overridable by
+        keyword (``device="cpu", threads=1``)."""
         from .sessions import make_session
 
         try:
@@ -201,7 +192,7 @@ class Bundle:
         except ManifestError as exc:
             raise BundleError(f"{self.dir}: {exc}") from None
         path = self.verify_file(enc)
-        sess, used = make_session(path, device=device, threads=threads, strict=strict)
+        sess, used = make_session(path, settings, **overrides)
         self.check_io(sess, enc)
         return sess, used, enc
 

@@ -3,9 +3,11 @@
 The query CLI and ``Retriever()`` fall back to these when no bundle or library is named,
 so a first run works with nothing else installed. ``MANGA_MUSIC_BUNDLE`` and
 ``MANGA_MUSIC_LIBRARY`` override them (an app can point at its own without code changes).
+A demo bundle says so once per process (``note_if_demo``, called by ``Encoders``).
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -13,9 +15,18 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_BUNDLE_DIR = PACKAGE_DIR / "defaults" / "bundle"
 DEFAULT_LIBRARY_DIR = PACKAGE_DIR / "defaults" / "library"
 
-# Shown whenever the bundle in use is a demo model, so nobody mistakes its output for the
-# real model's.
 EXPORT_COMMAND = "python -m export AudioCLIP-Full-Training.pt --out my-bundle"
+
+# Said once per process and bundle whenever a demo model is in use, so nobody mistakes its
+# picks for the real model's. Short, and without a path: it rides along with every first
+# run, and the command line tools print it after their results (never next to an error).
+DEMO_NOTE = "demo model in use (stand-in weights): its picks are illustrative only; see the README, 'The demo model'"
+# Record attribute that marks a log record as a note the command line tools hold back
+# until a command has succeeded.
+NOTE_ATTR = "manga_music_note"
+
+log = logging.getLogger("manga_music")
+_noted: set[str] = set()
 
 
 def default_bundle() -> Path:
@@ -28,7 +39,18 @@ def default_library() -> Path:
     return Path(os.environ.get("MANGA_MUSIC_LIBRARY") or DEFAULT_LIBRARY_DIR)
 
 
-def demo_notice(bundle_dir: Path | str) -> str:
-    """The one line printed when a demo bundle is in use."""
-    return (f"note: {bundle_dir} is a demo model (small stand-in weights, results are illustrative "
-            f"only); export the real weights with `{EXPORT_COMMAND}` and pass --bundle my-bundle")
+def demo_notice(bundle_dir: Path | str | None = None) -> str:
+    """The demo note as one line (``bundle_dir`` is accepted for older callers; the note
+    names no path)."""
+    return f"note: {DEMO_NOTE}"
+
+
+def note_if_demo(bundle) -> bool:
+    """Log the demo note (a warning marked as a note) the first time a demo ``bundle`` is
+    used in this process; True when it is a demo."""
+    if not bundle.is_demo:
+        return False
+    if bundle.fingerprint not in _noted:
+        _noted.add(bundle.fingerprint)
+        log.warning(DEMO_NOTE, extra={NOTE_ATTR: True})
+    return True

@@ -9,7 +9,7 @@ Tensor names and dtypes come from the manifest, never from constants here.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -18,7 +18,7 @@ import numpy as np
 from .bundle import Bundle, PrecisionChoice, load_bundle
 from .errors import BundleError, InputError, SilentAudioError
 from .manifest import EncoderFile
-from .sessions import DeviceChoice, resolve_device
+from .sessions import DeviceChoice, SessionSettings, precision_device, provider_name, resolve_device
 
 log = logging.getLogger("manga_music")
 
@@ -88,8 +88,13 @@ def _describe_audio(src: Any) -> str:
 
 
 def _is_single(items: Any) -> bool:
+    """One page rather than a list of them: a path, bytes, a PIL image, a uint8 image array
+    (HxW grey or HxWxC), or one page's preprocessed float pixels [3, S, S]. A uint8 array
+    of rank 4 or float pixels [N, 3, S, S] are batches."""
     from PIL import Image
 
+    if isinstance(items, np.ndarray):
+        return items.ndim in (2, 3) if items.dtype == np.uint8 else items.ndim == 3
     return isinstance(items, (str, Path, bytes, Image.Image))
 
 
@@ -97,23 +102,41 @@ class Encoders:
     """Lazy sessions for a bundle's image, text and audio encoders.
 
     ``device``: "auto" | "cpu" | "cuda"; ``precision``: "auto" | "int8" | "fp16" | "fp32"
-    (resolved per modality, since a bundle may lack e.g. an int8 text graph);
-    ``threads``: intra-op threads per session (None: ORT's default, all cores);
-    ``selfcheck``: run each graph's golden input the first time it is opened on this
-    machine (None: on unless ``MANGA_MUSIC_SELFCHECK=0``; see ``runtime.selfcheck``), with
-    passes remembered under ``cache_dir`` (None: ``$MANGA_MUSIC_CACHE`` or the user cache).
+    (resolved per modality, since a bundle may lack e.g. an int8 text graph; with "auto" it
+    follows the provider a session really got, so CUDA failing to start means int8 on the
+    CPU); ``threads``: intra-op threads, the same for all three sessions (None:
+    ``sessions.default_threads()``); ``spinning``: let ORT's threads spin-wait between runs
+    (off: an app's idle CPU stays idle); ``providers``, ``provider_options``,
+    ``session_options``: passed to ONNX Runtime as given, for an app that names its own
+    execution providers (CoreML, NNAPI, DirectML, OpenVINO) or thread pool (see
+    ``sessions.SessionSettings``); ``selfcheck``: run each graph's golden input the first
+    time it is opened on this machine (None: on unless ``MANGA_MUSIC_SELFCHECK=0``; see
+    ``runtime.selfcheck``), with passes remembered under ``cache_dir`` (None:
+    ``$MANGA_MUSIC_CACHE`` or the user cache). A demo bundle is noted once per process.
     """
 
     def __init__(self, bundle: Bundle | str | Path | None = None, device: str = "auto",
                  precision: str = "auto", threads: int | None = None, strict_device: bool = False,
-                 selfcheck: bool | None = None, cache_dir: str | Path | None = None):
+                 selfcheck: bool | None = None, cache_dir: str | Path | None = None, *,
+                 providers: Sequence[Any] | None = None, provider_options: Sequence[dict] | None = None,
+                 session_options: Any = None, spinning: bool = False):
+        from .defaults import note_if_demo
         from .selfcheck import selfcheck_enabled
 
         self.bundle = load_bundle(bundle)
-        self.device: DeviceChoice = resolve_device(device, strict=strict_device)
+        self.settings = SessionSettings(device, threads, spinning, providers, provider_options, session_options,
+                                        strict_device)
+        if providers is None:
+            self.device: DeviceChoice = resolve_device(device, strict=strict_device)
+        else:
+            first = provider_name(providers[0])
+            self.device = DeviceChoice(device, precision_device(first))
+        # What "auto" precision is chosen for: the device planned, until a session says otherwise.
+        self._precision_device = self.device.device
         self.requested_precision = precision
-        self.threads = threads
+        self.threads = None if session_options is not None else self.settings.intra_op_threads
         self.strict_device = strict_device
+        note_if_demo(self.bundle)
         self.selfcheck = selfcheck_enabled(selfcheck)
         self.cache_dir = cache_dir
         self.selfchecks: dict[str, Any] = {}  # modality -> SelfCheckResult of the graph in use
@@ -131,23 +154,42 @@ class Encoders:
         return tuple(sorted(self._loaded))
 
     def precision(self, modality: str) -> PrecisionChoice:
-        return self.bundle.choose_precision(modality, self.requested_precision, self.device.device)
+        return self.bundle.choose_precision(modality, self.requested_precision, self._precision_device)
 
     def encoder(self, modality: str) -> LoadedEncoder:
         """The session for ``modality``, created (sha256-checked, IO-checked, self-checked)
         on first use."""
         enc = self._loaded.get(modality)
         if enc is None:
-            choice = self.precision(modality)
-            if choice.note:
-                log.warning(choice.note)
-            enc = self._loaded[modality] = self._open(modality, choice.precision)
+            enc = self._loaded[modality] = self._open(modality)
         return enc
 
-    def _open(self, modality: str, precision: str) -> LoadedEncoder:
-        sess, provider, entry = self.bundle.open_session(modality, precision, self.device.device, self.threads,
-                                                         strict=self.strict_device)
-        loaded = LoadedEncoder(modality, entry, provider, sess)
+    def _open(self, modality: str) -> LoadedEncoder:
+        choice = self.precision(modality)
+        loaded = self._session(modality, choice.precision)
+        really = precision_device(loaded.provider)
+        if really != self._precision_device:
+            # The provider planned for did not start (onnxruntime-gpu installed, CUDA failing):
+            # the precision follows the provider in use, and later sessions go straight to it.
+            self._precision_device = really
+            self.device = DeviceChoice(self.device.requested, really)
+            if self.settings.providers is None:
+                self.settings = replace(self.settings, device=really)
+            if self.requested_precision == "auto":
+                choice = self.precision(modality)
+                if choice.precision != loaded.encoder.precision:
+                    loaded = self._session(modality, choice.precision)
+        if choice.note:
+            log.warning(choice.note)
+        return self._checked(loaded)
+
+    def _session(self, modality: str, precision: str) -> LoadedEncoder:
+        sess, provider, entry = self.bundle.open_session(modality, precision, self.settings)
+        return LoadedEncoder(modality, entry, provider, sess)
+
+    def _checked(self, loaded: LoadedEncoder) -> LoadedEncoder:
+        """``loaded`` once its graph passes the self-check here; else the fp32 graph, or an error."""
+        modality, entry, provider, precision = loaded.modality, loaded.encoder, loaded.provider, loaded.encoder.precision
         if not self.selfcheck:
             return loaded
         from .cpu import cpu_info
@@ -165,7 +207,7 @@ class Encoders:
                f"is below its floor {result.floor:.4f} ({cpu_info().model}, {cpu_info().int8_class}, {provider})")
         if precision != "fp32" and "fp32" in self.bundle.manifest.precisions(modality):
             log.warning(f"{why}; using the bundle's fp32 {modality} graph instead")
-            return self._open(modality, "fp32")
+            return self._checked(self._session(modality, "fp32"))
         raise BundleError(f"{why}; the bundle has no fp32 {modality} graph to fall back to "
                           "(re-export it, or skip the check with --no-selfcheck / MANGA_MUSIC_SELFCHECK=0)")
 
@@ -190,6 +232,9 @@ class Encoders:
 
     def embed_images(self, items: Sequence[Any], mode: str | None = None, batch_size: int = 8) -> np.ndarray:
         """Pages (paths, bytes, PIL images, uint8 arrays, or float [3,S,S] pixels) -> [N, D].
+
+        One page on its own (not in a list) gives [1, D]: ``embed_images(page_array)`` with a
+        HxWx3 uint8 array is one page, not a list of its pixel rows.
 
         ``mode``: "center_crop" (the paper's, default from the manifest), "letterbox"
         (whole page), or "tiles" (square tiles along the long side, their embeddings averaged).

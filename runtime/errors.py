@@ -21,3 +21,14 @@ class LibraryError(MangaMusicError):
 class SilentAudioError(InputError):
     """An audio file decodes fine but holds nothing audible (all zero, or every window below
     the loudness floor): the indexer lists it as silent rather than as a failure."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line for a user: its message with every run of whitespace
+    (newlines included) folded to one space, at most ``limit`` characters; the class name
+    when the message is empty.
+
+    Libraries' messages (libsndfile, ONNX Runtime, onnx's checker) can span many lines, and
+    every command promises one line per error."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."

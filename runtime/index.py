@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .cli import Parser, Progress, add_common_options, run_main
+from .cli import Parser, Progress, UsageError, add_common_options, encoder_options, run_main, shown_path
 from .library import KINDS
 
 PROG = "python -m runtime.index"
@@ -61,15 +61,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .library import build_library
 
     out = Path(args.out) if args.out else Path(args.source) / DEFAULT_OUT_NAME
-    encoders = Encoders(args.bundle, device=args.device, precision=args.precision, threads=args.threads,
-                        selfcheck=False if args.no_selfcheck else None, cache_dir=args.cache_dir)
+    if args.mode and args.kind != "pages":
+        raise UsageError("--mode applies to --kind pages (how a page is fitted to the image encoder)")
+    if args.no_hub_correction and args.kind != "music":
+        raise UsageError("--no-hub-correction applies to music libraries (pages have no hub correction)")
+    encoders = Encoders(args.bundle, **encoder_options(args))
     bars: list[Progress] = []
 
     def progress(done: int, total: int, note: str) -> None:
         if not bars:  # the total is known once the library has planned the run
             bars.append(Progress(total, "indexing music" if args.kind == "music" else "indexing pages",
                                  enabled=False if args.quiet else None))
-        bars[0].update(1, note)
+        bar = bars[0]
+        if done > bar.n:
+            bar.update(done - bar.n)
+        if note:  # the file now being read and embedded
+            bar.start(Path(note).name)
 
     try:
         report = build_library(args.source, out, encoders, kind=args.kind, mode=args.mode, rebuild=args.rebuild,
@@ -78,12 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for bar in bars:
             bar.close()
     for f in report.failures:
-        sys.stderr.write(f"skipped {f.path}: {f.reason}\n")
+        sys.stderr.write(f"skipped {shown_path(f.path)}: {f.reason}\n")
     for f in report.silent:
-        sys.stderr.write(f"silent {f.path}: {f.reason}\n")
+        sys.stderr.write(f"silent {shown_path(f.path)}: {f.reason}\n")
     if not args.quiet:
         what = "tracks" if report.kind == "music" else "pages"
-        print(f"{report.library}: {report.tracks} {what}, {report.windows} windows "
+        print(f"{shown_path(report.library)}: {report.tracks} {what}, {report.windows} windows "
               f"({report.new} new, {report.changed} changed, {report.unchanged} unchanged, {report.moved} moved, "
               f"{report.removed} removed, {len(report.failures)} skipped, {len(report.silent)} silent"
               + (f", {report.resumed} from an interrupted run" if report.resumed else "")

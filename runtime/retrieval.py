@@ -1,7 +1,7 @@
 """Retrieval in every direction AudioCLIP supports, as a Python API that returns dataclasses.
 
-page -> music (the product), text -> music, music -> pages (through a pages index built
-like a music library), music -> moods. A page and a track are compared by the cosine of
+page -> music (the product), text -> music, music -> music (similar tracks), music -> pages
+(through a pages index), music -> moods. A page and a track are compared by the cosine of
 the page embedding and the track's direction away from the library's mean track (the hub
 correction, ``runtime/library/hubs.py``: without it one odd track came first for a quarter
 to a third of all pages and texts); ``TrackHit.cosine`` keeps the plain cosine. The track's
@@ -20,10 +20,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from .bundle import Bundle, load_bundle
-from .cli import mmss
 from .encoders import Encoders
-from .errors import LibraryError
-from .library import Library, TrackInfo, label_distribution, open_library
+from .errors import InputError, LibraryError
+from .library import Library, PagesIndex, TrackInfo, label_distribution, open_library, open_pages_index
+from .timecode import mmss
 
 Dist = tuple[tuple[str, float], ...]
 log = logging.getLogger("manga_music")
@@ -87,11 +87,14 @@ class TextResult:
 
 @dataclass(frozen=True)
 class TrackResult:
-    """What the model says about one track: its moods, and pages that fit it if asked."""
+    """What the model says about one track: its moods, the library's most similar tracks
+    (the track itself left out), and the pages that fit it when a pages index is given."""
 
     source: str
     moods: Dist  # all moods, most likely first
     pages: tuple[PageHit, ...]
+    tracks: tuple[TrackHit, ...] = ()
+    library: str | None = None  # the library the similar tracks come from; None: none searched
 
     def to_dict(self) -> dict:
         return {"type": "track", **_plain(self)}
@@ -112,18 +115,25 @@ class Retriever:
     """Bundle + library + lazy encoders; ``None`` means the defaults shipped with the package.
 
     The library is opened (and checked against the bundle's fingerprint) on first use, so
-    ``moods_for_track`` works without one.
+    ``moods_for_track`` works without one. ``providers``, ``provider_options``,
+    ``session_options`` and ``spinning`` go to ONNX Runtime through ``Encoders`` (our
+    defaults when absent); ``retriever.encoders.encoder("image").provider`` says which
+    provider a session really got.
     """
 
     def __init__(self, bundle: Bundle | str | Path | None = None, library: Library | str | Path | None = None,
                  device: str = "auto", precision: str = "auto", threads: int | None = None,
-                 strict_device: bool = False, selfcheck: bool | None = None, cache_dir: str | Path | None = None):
+                 strict_device: bool = False, selfcheck: bool | None = None, cache_dir: str | Path | None = None, *,
+                 providers: Sequence[Any] | None = None, provider_options: Sequence[dict] | None = None,
+                 session_options: Any = None, spinning: bool = False):
         self.bundle = load_bundle(bundle)
         self.encoders = Encoders(self.bundle, device=device, precision=precision, threads=threads,
-                                 strict_device=strict_device, selfcheck=selfcheck, cache_dir=cache_dir)
+                                 strict_device=strict_device, selfcheck=selfcheck, cache_dir=cache_dir,
+                                 providers=providers, provider_options=provider_options,
+                                 session_options=session_options, spinning=spinning)
         self._library_src = library
         self._library: Library | None = None
-        self._pages: dict[str, Library] = {}
+        self._pages: dict[str, PagesIndex] = {}
         if isinstance(library, Library):
             library.check_bundle(self.bundle)
 
@@ -136,24 +146,21 @@ class Retriever:
                 raise LibraryError(f"{self._library.dir} is a {self._library.kind} index, not a music library")
         return self._library
 
-    def pages_index(self, index: Library | str | Path) -> Library:
-        if isinstance(index, Library):
-            index.check_bundle(self.bundle)
-            lib = index
-        else:
-            key = str(Path(index).resolve())
-            if key not in self._pages:
-                self._pages[key] = Library.open(index, bundle=self.bundle)
-            lib = self._pages[key]
-        if lib.kind != "pages":
-            raise LibraryError(f"{lib.dir} is a {lib.kind} library, not a pages index "
-                               f"(build one with `python -m runtime.index PAGES_DIR --out P --kind pages`)")
-        return lib
+    def pages_index(self, index: PagesIndex | Library | str | Path) -> PagesIndex:
+        """A pages index (a folder, or one already open), checked against the bundle; folders
+        are opened once and closed with the retriever."""
+        if isinstance(index, (PagesIndex, Library)):
+            return open_pages_index(index, bundle=self.bundle)
+        key = str(Path(index).resolve())
+        if key not in self._pages:
+            self._pages[key] = open_pages_index(index, bundle=self.bundle)
+        return self._pages[key]
 
     def close(self) -> None:
-        for lib in [self._library, *self._pages.values()]:
-            if lib is not None and lib is not self._library_src:
-                lib.close()
+        if self._library is not None and self._library is not self._library_src:
+            self._library.close()
+        for idx in self._pages.values():
+            idx.close()
         self._library = None
         self._pages.clear()
 
@@ -213,15 +220,18 @@ class Retriever:
         return self.query_many([image], top_k=top_k, mode=mode)[0]
 
     def query_text(self, text: str, top_k: int = 10) -> TextResult:
-        """Free text -> fitting tracks."""
+        """Free text -> fitting tracks. Empty (or blank) text is an ``InputError``: it would
+        still embed (to the start and end tokens) and rank tracks by nothing the user said."""
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("the text is empty: describe the music in words, e.g. \"sad piano\"")
         emb = self.encoders.embed_texts([text])
         return TextResult(text, self.search_tracks(emb, top_k)[0])
 
     # -- from a track ----------------------------------------------------------------------
     def _library_entry(self, track: Any) -> tuple[Library, TrackInfo] | None:
-        # Only a library the caller named is consulted: looking up the shipped demo
-        # library for a user's file would only ever miss.
-        if self._library_src is None or not isinstance(track, (str, Path)):
+        # Only a library the caller named, or one already open, is consulted: opening the
+        # shipped demo library to look up a user's file would only ever miss.
+        if (self._library_src is None and self._library is None) or not isinstance(track, (str, Path)):
             return None
         lib = self.library
         info = lib.find(track)
@@ -250,29 +260,59 @@ class Retriever:
         """All moods of a track, most likely first (softmax of audio_text scale * cosine)."""
         return self._track_view(track)[1]
 
-    def pages_for_track(self, track: Any, pages_index: Library | str | Path, top_k: int = 10) -> tuple[PageHit, ...]:
+    def pages_for_track(self, track: Any, pages_index: PagesIndex | Library | str | Path,
+                        top_k: int = 10) -> tuple[PageHit, ...]:
         """Pages of a pages index that fit a track, best first."""
         return self._pages_for(self.track_embedding(track), pages_index, top_k)
 
     def _pages_for(self, emb: np.ndarray, pages_index, top_k: int) -> tuple[PageHit, ...]:
         idx = self.pages_index(pages_index)
-        hits = idx.index.search(emb[None, :], top_k)
+        hits = idx.search(emb[None, :], top_k)
         out = []
         for s, r in zip(hits.scores[0], hits.ids[0]):
             if r < 0:
                 continue
             try:
-                info = idx.track(int(r))
+                page = idx.page(int(r))
             except LibraryError as exc:
                 log.warning(str(exc))
                 continue
-            top_genre = max(info.genres or (("", 0.0),), key=lambda kv: kv[1])[0]
-            out.append(PageHit(str(info.path), float(s), top_genre, info.top_mood))
+            out.append(PageHit(str(page.path), float(s), page.top_genre, page.top_mood))
         return tuple(out)
 
-    def query_audio(self, track: Any, pages_index: Library | str | Path | None = None,
-                    top_k: int = 10) -> TrackResult:
-        """A track -> its moods, and the pages that fit it when a pages index is given."""
+    def similar_tracks(self, track: Any, top_k: int = 10) -> tuple[TrackHit, ...]:
+        """The library's tracks most like ``track`` (music -> music), best first; the track
+        itself is left out when the library holds it."""
+        _ = self.library  # opened first, so a track it holds is read from it, not decoded
+        return self._similar(track, self._track_view(track)[0], top_k)
+
+    def _similar(self, track: Any, emb: np.ndarray, top_k: int) -> tuple[TrackHit, ...]:
+        entry = self._library_entry(track)
+        own_path = str(entry[1].path) if entry is not None else None
+        # One more than asked: the track's own row, when it is there, is dropped.
+        hits = self.search_tracks(emb[None, :], top_k + (own_path is not None))[0]
+        return tuple(h for h in hits if h.path != own_path)[:top_k]
+
+    def _similar_library(self) -> Library | None:
+        """The library similar tracks come from: the one named (its problems are errors),
+        else the default one when it was built with this bundle (the shipped demo pair);
+        None when the default one was built with another bundle (a track's moods and pages
+        need no library)."""
+        if self._library_src is not None or self._library is not None:
+            return self.library
+        try:
+            return self.library
+        except LibraryError:
+            return None
+
+    def query_audio(self, track: Any, pages_index: PagesIndex | Library | str | Path | None = None,
+                    top_k: int = 10, similar: bool = True) -> TrackResult:
+        """A track -> its moods, the library's ``top_k`` most similar tracks (``similar``;
+        ``TrackResult.library`` says which library, None when there was none for this
+        bundle), and the ``top_k`` pages that fit it when a pages index is given."""
+        # Opened first, so a track it holds is read from it, not decoded.
+        lib = self._similar_library() if similar else None
         emb, moods = self._track_view(track)
         pages = self._pages_for(emb, pages_index, top_k) if pages_index is not None else ()
-        return TrackResult(_describe(track), moods, pages)
+        tracks = self._similar(track, emb, top_k) if lib is not None else ()
+        return TrackResult(_describe(track), moods, pages, tracks, None if lib is None else str(lib.dir))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import heapq
 import html
 import importlib.resources
 from pathlib import Path
@@ -133,36 +134,23 @@ class Tokenizer:
         if hit is not None:
             return hit
         # The last symbol carries the end-of-word marker, as in training.
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        ranks = self.bpe_ranks
-        while len(parts) > 1:
-            pairs = {(parts[i], parts[i + 1]) for i in range(len(parts) - 1)}
-            best = min(pairs, key=lambda p: ranks.get(p, _VOCAB_SIZE * 2))
-            if best not in ranks:
-                break
-            merged: list[str] = []
-            i = 0
-            while i < len(parts):
-                if i < len(parts) - 1 and parts[i] == best[0] and parts[i + 1] == best[1]:
-                    merged.append(best[0] + best[1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
-        ids = [self.encoder[p] for p in parts]
+        ids = [self.encoder[p] for p in bpe_merge(list(word[:-1]) + [word[-1] + "</w>"], self.bpe_ranks)]
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[word] = ids
         return ids
 
-    def encode(self, text: str) -> list[int]:
-        """BPE ids of ``text`` without start/end tokens."""
+    def encode(self, text: str, limit: int | None = None) -> list[int]:
+        """BPE ids of ``text`` without start/end tokens; with ``limit``, only the first
+        ``limit`` ids, and words past them are never encoded (each word's ids do not depend
+        on the words after it, so this is ``encode(text)[:limit]``, without the work)."""
         ids: list[int] = []
-        for piece in _PAT.findall(clean_text(text)):
-            word = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
+        for m in _PAT.finditer(clean_text(text)):
+            if limit is not None and len(ids) >= limit:
+                break
+            word = "".join(self.byte_encoder[b] for b in m.group().encode("utf-8"))
             ids.extend(self._bpe_word(word))
-        return ids
+        return ids if limit is None else ids[:limit]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Best-effort inverse of ``encode`` (gives the cleaned, lower-cased text); for debugging."""
@@ -184,11 +172,55 @@ class Tokenizer:
         out = np.zeros((len(texts), self.context_length), dtype=np.int64)
         room = self.context_length - 2
         for row, text in enumerate(texts):
-            ids = self.encode(text)[:room]
+            ids = self.encode(text, limit=room)
             out[row, 0] = self.sot_token
             out[row, 1:1 + len(ids)] = ids
             out[row, 1 + len(ids)] = self.eot_token
         return out
+
+
+def bpe_merge(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply BPE merges to a word's symbols: what CLIP's loop does, in O(n log n).
+
+    CLIP's loop finds the adjacent pair with the lowest merge rank, merges every occurrence
+    of it left to right, and starts again: quadratic in the word's length (a 16,000-letter
+    word took 28 s). Here the symbols are a linked list and the candidate pairs a heap keyed
+    by (rank, position); each round pops all entries of the lowest rank and merges them in
+    position order, skipping entries a merge has made stale. A round cannot create a pair of
+    its own rank (the merged symbol is longer than either half), so the rounds, and the
+    result, are CLIP's own; ``tests/test_tokenizer.py`` checks it against CLIP's loop.
+    """
+    n = len(parts)
+    if n < 2:
+        return parts
+    sym = list(parts)
+    nxt = list(range(1, n + 1))  # n: no next symbol
+    prv = list(range(-1, n - 1))
+    alive = [True] * n
+    heap = [(ranks[(sym[i], sym[i + 1])], i) for i in range(n - 1) if (sym[i], sym[i + 1]) in ranks]
+    heapq.heapify(heap)
+    while heap:
+        rank = heap[0][0]
+        starts = []
+        while heap and heap[0][0] == rank:
+            starts.append(heapq.heappop(heap)[1])
+        for i in sorted(set(starts)):
+            j = nxt[i] if alive[i] else n
+            # Ranks name pairs one to one: an entry whose symbols changed (a merge earlier in
+            # this round took one of them, or an earlier round grew it) is stale.
+            if j >= n or ranks.get((sym[i], sym[j])) != rank:
+                continue
+            sym[i] = sym[i] + sym[j]
+            alive[j] = False
+            nxt[i] = nxt[j]
+            if nxt[j] < n:
+                prv[nxt[j]] = i
+            # The merged symbol's new neighbours may form mergeable pairs (of higher rank).
+            if prv[i] >= 0 and (sym[prv[i]], sym[i]) in ranks:
+                heapq.heappush(heap, (ranks[(sym[prv[i]], sym[i])], prv[i]))
+            if nxt[i] < n and (sym[i], sym[nxt[i]]) in ranks:
+                heapq.heappush(heap, (ranks[(sym[i], sym[nxt[i]])], i))
+    return [sym[i] for i in range(n) if alive[i]]
 
 
 @functools.lru_cache(maxsize=1)

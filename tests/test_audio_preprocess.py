@@ -93,14 +93,24 @@ def test_missing_file(tmp_path):
         decode_info(path)
 
 
-def test_text_named_mp3(tmp_path):
+def test_text_named_mp3_is_called_text_not_a_missing_file(tmp_path):
+    # libsndfile's own words for it are "File does not exist or is not a regular file".
     path = tmp_path / "song.mp3"
-    path.write_text("definitely not audio\n" * 10)
+    path.write_text("definitely not audio, but lyrics: \u00e9t\u00e9\n" * 10)
+    for fn in (lambda: load_audio(path, 44100), lambda: decode_info(path)):
+        with pytest.raises(InputError, match=r"not a readable audio file \(it is a text file, not audio\)") as e:
+            fn()
+        _assert_one_line_naming(e, path)
+        assert "does not exist" not in str(e.value)
+    empty = tmp_path / "empty.mp3"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match=r"\(the file is empty\)"):
+        load_audio(empty, 44100)
+    noise = tmp_path / "noise.mp3"
+    noise.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8)) + b"\x00")
     with pytest.raises(InputError, match="not a readable audio file") as e:
-        load_audio(path, 44100)
-    _assert_one_line_naming(e, path)
-    with pytest.raises(InputError):
-        decode_info(path)
+        load_audio(noise, 44100)
+    assert "text file" not in str(e.value) and "does not exist" not in str(e.value)
 
 
 def test_zero_length(tmp_path):

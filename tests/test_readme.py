@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,45 @@ def test_readme_has_the_two_commands_and_ci_runs_the_second():
     assert cmds[0].startswith("pip install -e . && python -m runtime.query ")
     assert cmds[1] == 'pip install -e ".[train,export,dev]" && python -m pytest -q'
     assert cmds[1] in (REPO / ".ci" / "run").read_text()
+
+
+# The README's sample: a ```text block whose first line is `$ COMMAND` and the rest its output.
+SAMPLE = re.compile(r"```text\n\$ (python -m runtime\.query [^\n]*)\n(.*?)```", flags=re.S)
+
+
+def test_readme_sample_output_is_what_its_command_prints(tmp_path):
+    """The sample at the top of the README is the real output of its command, run from the
+    repository root on the shipped demo (stdout, then the demo note on stderr, as a terminal
+    shows them). When the demo is rebuilt the numbers change: this test then fails and
+    prints the block to paste into the README; or regenerate it by hand with
+    `python -m runtime.query runtime/defaults/pages/love_romance_01.jpg --top-k 3 2>&1`."""
+    m = SAMPLE.search(README.read_text(encoding="utf-8"))
+    assert m, "the README has no ```text sample block starting with `$ python -m runtime.query`"
+    command, shown = m.group(1), m.group(2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MANGA_MUSIC_")}
+    env.update(PYTHONPATH=str(REPO), MANGA_MUSIC_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.rstrip("\n") + "\n" + done.stderr
+    assert shown == printed, ("the README's sample output is stale; replace its ```text block with:\n\n"
+                              f"```text\n$ {command}\n{printed}```")
+
+
+def test_readme_names_only_files_the_repository_has():
+    text = README.read_text(encoding="utf-8")
+    named = set(re.findall(r"[\w./-]+\.md\b", text))
+    named |= {p for p in re.findall(r"`((?:runtime|training|export|benchmarks|tests|configs)/[\w./-]+)`", text)}
+    missing = sorted(n for n in named if not (REPO / n).exists())
+    assert missing == []
+
+
+def test_gitignore_lists_no_tracked_file():
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    done = subprocess.run(["git", "ls-files", "--cached", "--ignored", "--exclude-standard"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.split() == []
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,19 @@ def test_images_of_every_kind_embed_to_unit_rows(enc, world):  # noqa: F811
     assert len({tuple(np.round(r, 4)) for r in out[:len(pages)]}) == len(pages)
 
 
+def test_one_page_on_its_own_is_one_embedding(enc, world):  # noqa: F811
+    rgb = np.asarray(Image.open(world.pages["spread"]).convert("RGB"))
+    grey = np.asarray(Image.open(world.pages["gray"]).convert("L"))
+    pixels = preprocess_image(world.pages["tall"], enc.bundle.manifest.image)
+    for page in (rgb, grey, pixels, world.pages["tall"], Image.open(world.pages["tall"])):
+        one = enc.embed_images(page)
+        assert one.shape == (1, rf.EMBED_DIM), type(page)  # not one row per pixel row
+        np.testing.assert_allclose(one, enc.embed_images([page]), atol=1e-6)
+    # a stack of pages is still a batch
+    assert enc.embed_images(np.stack([rgb, rgb])).shape == (2, rf.EMBED_DIM)
+    assert enc.embed_images(np.stack([pixels, pixels])).shape == (2, rf.EMBED_DIM)
+
+
 def test_image_embedding_is_the_graph_output_normalised(enc, world):  # noqa: F811
     cfg = enc.bundle.manifest.image
     pixels = preprocess_image(world.pages["tall"], cfg)

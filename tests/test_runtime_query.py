@@ -3,8 +3,10 @@ results, every direction, output formats, and the bad-input contract (exit 2, on
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import pytest
 import runtime_fixtures as rf
 from runtime_fixtures import run_cli, world  # noqa: F401  (session fixture)
 
-from runtime.errors import BundleError, LibraryError
+from runtime.errors import BundleError, InputError, LibraryError
 from runtime.library import Library, softmax
 from runtime.retrieval import PageResult, Retriever
 
@@ -176,15 +178,140 @@ def test_query_cli_modes_change_the_answer(world):  # noqa: F811
     assert crop["tracks"][0]["score"] != tiles["tracks"][0]["score"]
 
 
-def test_demo_bundle_says_so_in_one_line(world, tmp_path):  # noqa: F811
+def test_demo_model_is_noted_once_after_the_output_never_beside_an_error(world, tmp_path, caplog):  # noqa: F811
+    from runtime.defaults import DEMO_NOTE
+
     demo = rf.write_tiny_bundle(tmp_path / "demo", demo=True)
     lib = tmp_path / "lib"
-    assert run_cli("runtime.index", world.music, "--out", lib, "--bundle", demo, "--quiet").returncode == 0
-    p = run_cli("runtime.query", world.pages["tall"], "--bundle", demo, "--library", lib)
-    assert p.returncode == 0
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "demo model" in lines[0]
-    assert "python -m export AudioCLIP-Full-Training.pt --out my-bundle" in lines[0]
+    idx = run_cli("runtime.index", world.music, "--out", lib, "--bundle", demo)
+    assert idx.returncode == 0, idx.stderr
+    assert idx.stderr.strip().splitlines()[-1] == f"note: {DEMO_NOTE}"  # the indexer says so too
+    p = run_cli("runtime.query", world.pages["tall"], "--text", "sad piano", "--bundle", demo, "--library", lib)
+    assert p.returncode == 0 and p.stdout.startswith("page: ")
+    assert p.stderr.splitlines() == [f"note: {DEMO_NOTE}"]  # once, for two queries
+    assert len(DEMO_NOTE) < 120 and str(demo) not in DEMO_NOTE
+    # An error stays the one line on stderr: no note beside it.
+    bad = run_cli("runtime.query", world.bad["corrupt_image"], "--bundle", demo, "--library", lib)
+    assert _one_error_line(bad).startswith("python -m runtime.query: error: ")
+    # The Python API says it through logging, once per process and bundle.
+    import runtime.defaults as defaults
+
+    defaults._noted.clear()
+    with caplog.at_level(logging.WARNING, logger="manga_music"):
+        Retriever(bundle=demo, library=lib, device="cpu").close()
+        Retriever(bundle=demo, library=lib, device="cpu").close()
+    assert [r.getMessage() for r in caplog.records] == [DEMO_NOTE]
+
+
+def test_a_bad_page_does_not_lose_the_good_ones(world, tmp_path):  # noqa: F811
+    pages = [world.pages["tall"], world.bad["truncated_image"], tmp_path / "gone.png", world.pages["gray"]]
+    common = ["--bundle", world.bundle, "--library", world.library, "--top-k", "2", "--device", "cpu"]
+    p = run_cli("runtime.query", *pages, "--json", *common)
+    assert p.returncode == 2
+    out = json.loads(p.stdout)
+    assert [r.get("source") for r in out] == [str(x) for x in pages]
+    assert [("error" in r) for r in out] == [False, True, True, False]
+    assert len(out[0]["tracks"]) == 2 and len(out[3]["tracks"]) == 2 and "tracks" not in out[1]
+    assert "truncated.jpg: corrupt or truncated" in out[1]["error"] and "gone.png: no such file" in out[2]["error"]
+    errors = p.stderr.strip().splitlines()
+    assert len(errors) == 2 and "Traceback" not in p.stderr
+    assert "truncated.jpg" in errors[0] and "gone.png" in errors[1]
+    assert all(e.startswith("python -m runtime.query: error: ") for e in errors)
+    text = run_cli("runtime.query", *pages, *common)
+    assert text.returncode == 2 and len(text.stderr.strip().splitlines()) == 2
+    assert [b.splitlines()[0] for b in text.stdout.strip().split("\n\n")] == [
+        f"page: {world.pages['tall']}", f"page: {world.pages['gray']}"]
+    # Bad audio among good items: the same rule.
+    mixed = run_cli("runtime.query", "--audio", world.bad["text_as_mp3"], "--text", "sad piano", "--json", *common)
+    assert mixed.returncode == 2
+    got = json.loads(mixed.stdout)
+    assert got[0]["type"] == "text" and len(got[0]["tracks"]) == 2
+    assert got[1]["type"] == "track" and "lyrics.mp3" in got[1]["error"]
+
+
+def test_audio_lists_the_most_similar_tracks_and_the_pages_that_fit(retriever, world):  # noqa: F811
+    track = world.tracks["square"]
+    res = retriever.query_audio(track, top_k=3)
+    with Library.open(world.library) as lib:
+        own = lib.find(track).row
+        emb = lib.pooled(own)
+        scores = lib.scores(emb[None, :])[0]
+        order = [int(i) for i in np.argsort(-scores) if int(i) != own][:3]
+        assert [t.path for t in res.tracks] == [str(lib.track(i).path) for i in order]
+    assert str(track) not in [t.path for t in res.tracks]  # not itself
+    assert res.pages == ()
+    p = run_cli("runtime.query", "--audio", track, "--library", world.library, "--bundle", world.bundle,
+                "--pages-index", world.pages_index, "--top-k", "2", "--device", "cpu")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    sim, pages = lines.index("  similar tracks:"), lines.index("  pages that fit it:")
+    assert len(lines[sim + 1:pages]) == 2 and all(re.match(r"^\s+\d\. [+-]\d\.\d{3}  from ", t) for t in lines[sim + 1:pages])
+    assert len([x for x in lines[pages + 1:] if x.strip()]) == 2
+    out = json.loads(run_cli("runtime.query", "--audio", track, "--library", world.library, "--bundle", world.bundle,
+                             "--top-k", "2", "--json").stdout)[0]
+    assert [t["path"] for t in out["tracks"]] == [t.path for t in res.tracks[:2]] and out["pages"] == []
+    assert out["library"] == str(world.library.resolve())
+    # No library named and the default one (the shipped demo's) built with another bundle:
+    # the track's moods still come, and the output says no library was searched.
+    alone = run_cli("runtime.query", "--audio", track, "--bundle", world.bundle)
+    assert alone.returncode == 0, alone.stderr
+    assert "  similar tracks: none searched (no library built with this bundle: give --library)" in alone.stdout
+    assert alone.stdout.count("%") == 7
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--text", "sad piano", "--mode", "tiles"], "--mode applies to PAGE files"),
+    (["--text", ""], "--text is empty"),
+    (["--text", "   "], "--text is empty"),
+    (["{pages[tall]}", "--provider", "CPUExecutionProvider", "--device", "cpu"], "--provider"),
+    (["{pages[tall]}", "--provider", "NoSuchExecutionProvider"], "unknown ONNX Runtime execution provider"),
+])
+def test_options_that_do_not_apply_are_errors(world, args, expect):  # noqa: F811
+    argv = [a.format(pages=world.pages) for a in args] + ["--bundle", str(world.bundle), "--library", str(world.library)]
+    line = _one_error_line(run_cli("runtime.query", *argv))
+    assert expect in line, line
+
+
+def test_index_refuses_options_that_do_not_apply(world, tmp_path):  # noqa: F811
+    line = _one_error_line(run_cli("runtime.index", world.music, "--out", tmp_path / "lib", "--bundle", world.bundle,
+                                   "--mode", "tiles"))
+    assert "--mode applies to --kind pages" in line
+    assert not (tmp_path / "lib").exists()
+
+
+def test_empty_text_is_refused_by_the_api(retriever):
+    with pytest.raises(InputError, match="the text is empty"):
+        retriever.query_text(" ")
+
+
+def test_paths_are_shown_relative_to_the_working_directory(world, tmp_path):  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    shutil.copytree(world.music, tmp_path / "music")
+    shutil.copy(world.bad["text_as_mp3"], tmp_path / "music" / "lyrics.mp3")
+    shutil.copy(world.pages["tall"], tmp_path / "page.png")
+    env = {**os.environ, "PYTHONPATH": str(rf.ROOT)}
+
+    def run(module, *args):
+        return subprocess.run([sys.executable, "-m", module, *map(str, args), "--bundle", str(world.bundle)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+
+    idx = run("runtime.index", "music", "--out", "lib")
+    assert idx.returncode == 0, idx.stderr
+    assert idx.stdout.startswith("lib: ")
+    assert [x for x in idx.stderr.splitlines() if x.startswith("skipped")] == [
+        f"skipped music/lyrics.mp3: {x.split(': ', 1)[1]}" for x in idx.stderr.splitlines() if x.startswith("skipped")]
+    q = run("runtime.query", str(tmp_path / "page.png"), "--audio", "music/a/sine_stereo.wav", "--library", "lib",
+            "--top-k", "2")
+    assert q.returncode == 0, q.stderr
+    listed = [x.split("]  ")[-1] for x in q.stdout.splitlines() if "]  " in x]
+    assert q.stdout.startswith("page: page.png\n") and "track: music/a/sine_stereo.wav" in q.stdout
+    assert len(listed) == 4 and all(x.startswith("music/") for x in listed), q.stdout
+    # JSON keeps absolute paths for tracks.
+    js = json.loads(run("runtime.query", "page.png", "--library", "lib", "--json").stdout)[0]
+    assert all(Path(t["path"]).is_absolute() for t in js["tracks"])
 
 
 @pytest.mark.parametrize("case, args, expect", [
@@ -194,7 +321,7 @@ def test_demo_bundle_says_so_in_one_line(world, tmp_path):  # noqa: F811
     ("decompression bomb", ["{bad[bomb_image]}"], "bomb.png: image is"),
     ("silent audio", ["--audio", "{bad[silent_audio]}"], "silent.wav: audio is silent"),
     ("zero-length audio", ["--audio", "{bad[empty_audio]}"], "empty.wav: audio file has no samples"),
-    ("text named .mp3", ["--audio", "{bad[text_as_mp3]}"], "lyrics.mp3: not a readable audio file"),
+    ("text named .mp3", ["--audio", "{bad[text_as_mp3]}"], "lyrics.mp3: not a readable audio file (it is a text file, not audio)"),
     ("no query", [], "nothing to query"),
     ("bad option", ["{pages[tall]}", "--top-k", "zero"], "--top-k"),
     ("pages index without audio", ["{pages[tall]}", "--pages-index", "{pages_index}"], "--pages-index"),
@@ -274,19 +401,49 @@ def test_index_cli_bad_input_never_damages_the_library(world, tmp_path, case):  
 
 
 # -- CLI plumbing ---------------------------------------------------------------------------------------
-def test_progress_bar_without_tqdm_and_mmss(monkeypatch, capsys):
+def test_progress_bar_without_tqdm_draws_at_once_names_the_file_in_progress_and_says_time_left(monkeypatch, capsys):
+    import runtime.cli as cli
     from runtime.cli import Progress, mmss
 
     monkeypatch.setitem(__import__("sys").modules, "tqdm", None)  # tqdm is optional
-    with Progress(3, "indexing", enabled=True) as bar:
-        for _ in range(3):
-            bar.update(1, "song.flac")
-    err = capsys.readouterr().err
-    assert "indexing [" in err and "3/3 files" in err
+    clock = [100.0]
+    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+
+    def last_line() -> str:
+        return capsys.readouterr().err.split("\r")[-1].rstrip()
+
+    bar = Progress(4, "indexing", enabled=True)
+    assert last_line() == "indexing [........................] 0/4 files 00:00 elapsed, --:-- left"  # at once
+    bar.start("music/first.flac")
+    assert last_line().endswith("--:-- left  music/first.flac")  # the file being read, before it is done
+    clock[0] += 6.0
+    bar.update(1)
+    bar.start("second.flac")
+    line = last_line()
+    assert "1/4 files 00:06 elapsed, 00:18 left  second.flac" in line  # 6 s a file, 3 files to go
+    clock[0] += 30.0
+    bar.update(3)
+    assert "4/4 files 00:36 elapsed, 00:00 left" in last_line()
+    bar.close()
+    assert capsys.readouterr().err.strip() == ""
     with Progress(3, "quiet", enabled=False) as bar:
         bar.update(3)
     assert capsys.readouterr().err == ""
     assert [mmss(s) for s in (0, 59.4, 75, 3600.2)] == ["00:00", "00:59", "01:15", "60:00"]
+
+
+def test_indexer_progress_names_each_file_before_it_is_embedded(world, tmp_path):  # noqa: F811
+    from runtime.library import build_library
+
+    calls, embedded = [], []
+    enc = __import__("runtime.encoders", fromlist=["Encoders"]).Encoders(world.bundle, device="cpu", threads=1)
+    build_library(world.music, tmp_path / "lib", enc, progress=lambda *a: calls.append(a),
+                  on_file=lambda p: embedded.append((len(calls), p.relative_to(world.music).as_posix())))
+    n = len(calls) - 1
+    assert n >= 5 and calls[-1] == (n, n, "")
+    assert [c[0] for c in calls[:-1]] == list(range(n)) and all(c[1] == n for c in calls)
+    # the note of the call made just before a file is embedded is that file
+    assert all(calls[k - 1][2] == rel for k, rel in embedded)
 
 
 def test_synthetic_catalogue_is_a_valid_library(world, tmp_path):  # noqa: F811

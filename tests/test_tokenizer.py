@@ -137,3 +137,63 @@ def test_bad_vocab_file(tmp_path):
         f.write("#version\ni n\n")
     with pytest.raises(BundleError, match="malformed"):
         Tokenizer(short)
+
+
+def _clip_bpe_loop(parts: list[str], ranks: dict) -> list[str]:
+    """CLIP's own merge loop, as SimpleTokenizer.bpe writes it: the reference for bpe_merge."""
+    while len(parts) > 1:
+        pairs = {(parts[i], parts[i + 1]) for i in range(len(parts) - 1)}
+        best = min(pairs, key=lambda p: ranks.get(p, float("inf")))
+        if best not in ranks:
+            break
+        merged, i = [], 0
+        while i < len(parts):
+            if i < len(parts) - 1 and (parts[i], parts[i + 1]) == best:
+                merged.append(best[0] + best[1])
+                i += 2
+            else:
+                merged.append(parts[i])
+                i += 1
+        parts = merged
+    return parts
+
+
+def test_fast_bpe_equals_clips_loop_on_every_kind_of_word(tok):
+    from runtime.tokenizer import bpe_merge
+
+    rng = np.random.default_rng(0)
+    letters = list("abcdefghijklmnopqrstuvwxyz") + ["é", "ü", "の", "1", "!"]
+    words = ["aaaaaaaaaaaaaaa", "abababababab", "mississippi", "llllllllama", "tokenization", "a", "ab"]
+    words += ["".join(rng.choice(letters[:k], size=int(n))) for k in (2, 3, 8, 31) for n in rng.integers(2, 60, 40)]
+    enc = tok.byte_encoder
+    for w in words:
+        mapped = "".join(enc[b] for b in w.encode("utf-8"))
+        parts = list(mapped[:-1]) + [mapped[-1] + "</w>"]
+        assert bpe_merge(list(parts), tok.bpe_ranks) == _clip_bpe_loop(list(parts), tok.bpe_ranks), w
+
+
+def test_a_huge_word_is_tokenized_in_well_under_a_second():
+    import time
+
+    rng = np.random.default_rng(1)
+    word = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=16_000))
+    tok = Tokenizer()  # a fresh word cache
+    t0 = time.perf_counter()
+    row = tok(word)
+    took = time.perf_counter() - t0
+    assert row[0, 0] == tok.sot_token and tok.eot_token in row[0]
+    assert took < 0.5, f"{took:.2f} s for a 16,000-letter word (CLIP's loop took 28 s)"
+
+
+def test_text_is_cut_before_encoding_everything(monkeypatch):
+    tok = Tokenizer()
+    words = [f"w{i}x" for i in range(5000)]
+    encoded = []
+    real = tok._bpe_word
+    monkeypatch.setattr(tok, "_bpe_word", lambda w: encoded.append(w) or real(w))
+    row = tok(" ".join(words))
+    pieces_encoded = len(encoded)
+    # 75 ids need at most 75 pre-tokenized pieces (each gives at least one id), not all of them
+    assert 0 < pieces_encoded <= 75
+    assert row[0].tolist() == [tok.sot_token] + tok.encode(" ".join(words))[:75] + [tok.eot_token]
+    assert len(encoded) - pieces_encoded > 5000  # the whole text, for comparison, is far more

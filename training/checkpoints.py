@@ -9,7 +9,6 @@ never code, so a pickle that would run code is refused.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import zipfile
@@ -19,7 +18,8 @@ from typing import Mapping
 
 import torch
 
-from runtime.errors import MangaMusicError
+from runtime.errors import MangaMusicError, one_line
+from runtime.hashing import sha256_file
 
 from .model import AudioCLIP, AudioCLIPConfig
 
@@ -43,14 +43,6 @@ class LoadedModel:
     sha256: str
     notes: tuple[str, ...] = ()
     meta: dict = field(default_factory=dict, compare=False)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -188,9 +180,9 @@ def load_model(path: str | os.PathLike, *, config: AudioCLIPConfig | None = None
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except (KeyError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: checkpoint does not fit the model ({str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{path}: checkpoint does not fit the model ({one_line(exc, 200)})") from None
     model.eval().to(device)
-    return LoadedModel(model, model.config, kind, str(path), file_sha256(path), tuple(notes), meta)
+    return LoadedModel(model, model.config, kind, str(path), sha256_file(path), tuple(notes), meta)
 
 
 def _load_clip(model: AudioCLIP, sd: Mapping[str, torch.Tensor]) -> list[str]:

@@ -26,6 +26,11 @@ Adam replaces the paper's SGD here only to make a from-scratch model converge in
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: say which extra is missing, before importing it
+    from runtime.extras import exit_unless_installed
+
+    exit_unless_installed("python -m training.demo", "train", "export")
+
 import argparse
 import json
 import math

@@ -33,6 +33,11 @@ moved into place, so an interrupted evaluation never leaves a half-written repor
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: say which extra is missing, before importing it
+    from runtime.extras import exit_unless_installed
+
+    exit_unless_installed("python -m training.evaluate", "train")
+
 import argparse
 import csv
 import io
@@ -44,18 +49,18 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from runtime.errors import InputError, MangaMusicError
+from runtime.errors import InputError, MangaMusicError, one_line
 from runtime.labels import GENRE_LABELS, GENRES, MOOD_LABELS, MOODS
 from training.backends import EmbeddingBackend, open_backend
 from training.crossmodal import CrossModalTable, balanced_sample, confidence_table, write_table
+from training.record_embedding import embed_clips, embed_pages
 from training.metrics import mean_average_precision, per_class_accuracy, softmax, top1_accuracy
 
 DEFAULT_SAMPLE = 200
-_CHUNK = 32  # items decoded and embedded at a time: bounds memory on a 20k-clip eval set
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -216,58 +221,6 @@ class EvalReport:
 
 
 # ---------------------------------------------------------------------------- evaluation
-
-
-def _progress(it: Iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return it
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return it
-    return tqdm(it, total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
-
-
-def _chunks(n: int) -> list[range]:
-    return [range(i, min(i + _CHUNK, n)) for i in range(0, n, _CHUNK)]
-
-
-def _embed_readable(backend: EmbeddingBackend, records: Sequence, load, embed, desc: str, progress: bool
-                    ) -> tuple[np.ndarray, list[int], list[str]]:
-    """Load each record with `load` in chunks, skipping (and naming) unreadable ones, and
-    embed the rest with `embed`: (embeddings, indices kept, "path: reason" of the rest)."""
-    embs, kept, skipped = [], [], []
-    chunks = _chunks(len(records))
-    for chunk in _progress(chunks, len(chunks), desc, progress):
-        items = []
-        for i in chunk:
-            try:
-                items.append(load(records[i].path))
-                kept.append(i)
-            except InputError as exc:
-                skipped.append(str(exc))
-        if items:
-            embs.append(embed(items))
-    emb = np.concatenate(embs) if embs else np.zeros((0, backend.embed_dim), np.float32)
-    return emb, kept, skipped
-
-
-def embed_clips(backend: EmbeddingBackend, records: Sequence, clip_seconds: float, sample_rate: int = 44100,
-                progress: bool = False) -> tuple[np.ndarray, list[int], list[str]]:
-    """(embeddings of readable clips, their indices into records, "path: reason" of the rest)."""
-    from training.data.audioset import load_clip_audio
-    from training.data.augment import PadOrCrop, clip_length
-
-    fit = PadOrCrop(clip_length(sample_rate, clip_seconds), train=False)
-    return _embed_readable(backend, records, lambda p: fit(load_clip_audio(p, sample_rate)), backend.embed_audio,
-                           "clips", progress)
-
-
-def embed_pages(backend: EmbeddingBackend, records: Sequence, progress: bool = False
-                ) -> tuple[np.ndarray, list[int], list[str]]:
-    from training.data.manga109 import load_page_image
-
-    return _embed_readable(backend, records, load_page_image, backend.embed_images, "pages", progress)
 
 
 def _clip_labels(record) -> tuple[int, ...]:
@@ -518,7 +471,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (MangaMusicError, OSError) as exc:
         if args.debug:
             raise
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     if report.moods:
         print(f"AudioSet mood mAP {_pct(report.moods.map)} over {report.moods.clips} clips"

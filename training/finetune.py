@@ -33,6 +33,11 @@ skipped, counted, named in the metrics and left out of later epochs; they never 
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: say which extra is missing, before importing it
+    from runtime.extras import exit_unless_installed
+
+    exit_unless_installed("python -m training.finetune", "train")
+
 import argparse
 import json
 import logging
@@ -51,7 +56,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from runtime.errors import InputError, MangaMusicError
+from runtime.errors import InputError, MangaMusicError, one_line
 from runtime.labels import GENRE_LABELS, GENRES, MOOD_LABELS, MOODS
 from runtime.manifest import ImagePreprocess
 from training.batchnorm import precise_batchnorm
@@ -602,7 +607,7 @@ def _load_state(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated or foreign file: name it, do not guess
-        raise CheckpointError(f"{path}: cannot read the training state ({str(exc).splitlines()[0][:160]})") from None
+        raise CheckpointError(f"{path}: cannot read the training state ({one_line(exc, 160)})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a manga-music training state")
     if state.get("version") != STATE_VERSION:
@@ -938,7 +943,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (MangaMusicError, OSError) as exc:
         if args.debug:
             raise
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = one_line(exc)
         print(f"error: {msg}", file=sys.stderr)
         return 2
     f = result.final

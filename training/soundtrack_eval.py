@@ -81,7 +81,7 @@ def evaluate_soundtrack(backend, records: Sequence[Any], description: str, libra
     from runtime.soundtrack import Catalogue, SoundtrackSettings
     from runtime.soundtrack.measure import make_chapters, score_online, score_plan, summarize
 
-    from training.evaluate import embed_pages
+    from training.record_embedding import embed_pages
 
     encoders = getattr(backend, "encoders", None)
     if encoders is None:

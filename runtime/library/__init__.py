@@ -30,6 +30,9 @@ chapter soundtrack planner use::
     lib.silent(), lib.failures()         # files not ranked, and why
     lib.close()
 
+A pages index (``kind="pages"``) is read through ``PagesIndex`` (``open_pages_index``),
+whose rows are ``PageInfo`` pages rather than tracks.
+
 Building: ``build_library(MUSIC_DIR, LIBRARY, encoders)``; every file becomes a
 ``TrackEmbedding`` through one callable (``embed_file``, default ``default_embedder``).
 
@@ -41,6 +44,7 @@ and absolute, as JSON (no separator that a folder name could contain).
 from __future__ import annotations
 
 from .builder import COMMIT_EVERY, COMMIT_SECONDS, EmbedFile, build_library, default_embedder
+from .pages import PageInfo, PagesIndex, open_pages_index
 from .publishing import plan_merges
 from .reader import Library, open_library, resolve_root
 from .records import (BuildReport, Failure, LibraryMeta, SilentTrack, TrackInfo, label_distribution, softmax,
@@ -49,7 +53,7 @@ from .scanning import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, scan, scan_tree
 from .schema import KINDS, SCHEMA_VERSION as LIBRARY_SCHEMA_VERSION, WINDOW_DTYPE
 from .storage import collect_garbage
 
-__all__ = ["Library", "LibraryMeta", "TrackInfo", "Failure", "SilentTrack", "BuildReport", "build_library",
+__all__ = ["Library", "LibraryMeta", "TrackInfo", "PagesIndex", "PageInfo", "open_pages_index", "Failure", "SilentTrack", "BuildReport", "build_library",
            "open_library", "collect_garbage", "default_embedder", "EmbedFile", "scan", "scan_tree",
            "label_distribution", "softmax", "tag_block", "plan_merges", "resolve_root", "AUDIO_EXTENSIONS",
            "IMAGE_EXTENSIONS", "KINDS", "LIBRARY_SCHEMA_VERSION", "WINDOW_DTYPE", "COMMIT_EVERY",

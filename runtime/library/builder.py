@@ -28,9 +28,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..audio_preprocess import check_regular_file
-from ..bundle import sha256_file
+from ..hashing import sha256_file
 from ..encoders import TrackEmbedding
-from ..errors import InputError, LibraryError, SilentAudioError
+from ..errors import InputError, LibraryError, SilentAudioError, one_line
 from .publishing import BuildRun, merge_new_segments, publish
 from .records import BuildReport, check_relpath
 from .schema import (CURRENT_NAME, GC_LOCK_NAME, GEN_RE, JOURNAL_NAME, KINDS, LEASES_DIR, LOCK_NAME, OLD_GEN_RE,
@@ -91,8 +91,9 @@ def build_library(source: str | Path, out: str | Path, encoders, kind: str = "mu
                   commit_seconds: float = COMMIT_SECONDS) -> BuildReport:
     """Index every file of ``kind`` under ``source`` into the library folder ``out``.
 
-    ``progress``: a callable ``(done, total, note)`` called after each file (the CLI draws
-    its bar with it); False/None: silent. ``on_file``: called with each path just before it
+    ``progress``: a callable ``(done, total, note)`` called before each file to embed with
+    the files done so far and the file about to be worked on, and once when all are done
+    with ``(total, total, "")`` (the CLI draws its bar with it); False/None: silent. ``on_file``: called with each path just before it
     is embedded (tests use it to fail or stop mid-build). ``embed_file``: path ->
     ``TrackEmbedding`` (default: ``default_embedder``). ``hub_correction``: store the
     library's centre so tracks are ranked by their centred cosine (music only; see
@@ -232,9 +233,11 @@ def _stat_key(path: Path | str) -> tuple[int, int]:
 
 
 # -- per file -------------------------------------------------------------------------------------
-def _one_line(exc: BaseException, path: Path) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    prefix = f"{path}: "  # the record names the file already
+def _reason(exc: BaseException, path: Path) -> str:
+    """A file's failure as its record stores it: one line, without the path (the record
+    names the file already), with the exception's class when it is not one of ours."""
+    text = one_line(exc, 500)
+    prefix = f"{path}: "
     if text.startswith(prefix):
         text = text[len(prefix):]
     if not isinstance(exc, (InputError, OSError, EmbeddingCheckError)):
@@ -251,7 +254,7 @@ def _process(todo: _Todo, embed: EmbedFile, on_file, ok_by_sha: dict[str, _Rec],
         st = check_regular_file(path)
     except InputError as exc:
         size, mtime = _stat_key(path)
-        return NewRecord(rel, size, mtime, "", "failed", _one_line(exc, path)), "failed", None
+        return NewRecord(rel, size, mtime, "", "failed", _reason(exc, path)), "failed", None
     size, mtime = st.st_size, st.st_mtime_ns
     try:
         sha = sha256_file(path)
@@ -275,9 +278,9 @@ def _process(todo: _Todo, embed: EmbedFile, on_file, ok_by_sha: dict[str, _Rec],
             stats["seconds"] += float(te.duration) if kind == "music" else 0.0
             outcome = "embedded"
     except SilentAudioError as exc:
-        rec, outcome, reuse = NewRecord(rel, size, mtime, sha, "silent", _one_line(exc, path)), "silent", None
+        rec, outcome, reuse = NewRecord(rel, size, mtime, sha, "silent", _reason(exc, path)), "silent", None
     except Exception as exc:  # noqa: BLE001 - one file's problem, whatever it is, is that file's failure
-        return NewRecord(rel, size, mtime, "", "failed", _one_line(exc, path)), "failed", None
+        return NewRecord(rel, size, mtime, "", "failed", _reason(exc, path)), "failed", None
     if _stat_key(path) != (size, mtime):
         # Read while it was being written (a download, a tag editor): what we embedded may be
         # neither version. Recorded with the old size and mtime, so the next run retries it.
@@ -365,7 +368,9 @@ def _build(run: BuildRun, src: Path, files: list[Path], problems, base, base_nam
 
     first_failure = None
     try:
-        for done, t in enumerate(todo, 1):
+        for done, t in enumerate(todo):
+            if progress is not None:
+                progress(done, len(todo), t.rel)
             rec, outcome, reuse = _process(t, embed, on_file, ok_by_sha, run.kind, stats)
             pending.append(rec)
             counts["ranked_new"] += rec.status == "ok"
@@ -379,8 +384,6 @@ def _build(run: BuildRun, src: Path, files: list[Path], problems, base, base_nam
                 counts["changed" if t.in_base else "new"] += 1
             elif first_failure is None:
                 first_failure = f"{rec.path}: {rec.reason}"
-            if progress is not None:
-                progress(done, len(todo), t.rel)
             if len(pending) >= commit_every or time.monotonic() - last_commit >= commit_seconds:
                 commit()
     except BaseException:
@@ -391,6 +394,8 @@ def _build(run: BuildRun, src: Path, files: list[Path], problems, base, base_nam
         except Exception:  # noqa: BLE001 - the original interruption is what matters
             pass
         raise
+    if progress is not None and todo:
+        progress(len(todo), len(todo), "")
     commit()
     if not any(r.status == "ok" for r in keep) and not counts["ranked_new"]:
         raise InputError(f"{src}: none of the {len(files)} files could be indexed"

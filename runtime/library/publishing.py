@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from ..audio_preprocess import LOUDNESS_FLOOR_DBFS, MAX_TRACK_SECONDS
-from ..bundle import sha256_file
+from ..hashing import sha256_file
 from . import hubs, search_index
 from .schema import (CURRENT_NAME, GEN_RE, JOURNAL_NAME, OLD_GEN_RE, AnnSpec, FileRef, GenerationManifest, HubSpec,
                      Journal, RootRef, SegmentRef, generation_name, segment_prefix)

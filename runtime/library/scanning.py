@@ -7,10 +7,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-# What libsndfile (and so soundfile) decodes; matched case-insensitively.
-AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
-                    ".au", ".snd", ".caf", ".w64", ".rf64")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+from ..formats import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
 
 
 def extensions(kind: str) -> tuple[str, ...]:

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 from numpy.lib import format as npy_format
 
-from ..bundle import sha256_file
+from ..hashing import sha256_file
 from ..errors import LibraryError
 from .records import check_relpath, tag_block
 from .schema import (SEGMENT_ROLES, SEGMENT_SQL, WINDOW_DTYPE, FileRef, SegmentRef, check_segment_db,

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..cli import Parser, Progress, add_common_options, mmss, positive_int
+from ..cli import Parser, Progress, add_common_options, encoder_options, mmss, positive_int, shown_path
 from ..errors import InputError
 
 PROG = "python -m runtime.soundtrack"
@@ -87,26 +87,18 @@ def build_parser() -> Parser:
 def _print(track) -> None:
     spp = track.settings.seconds_per_page
     note = f"; {len(track.skipped)} page(s) skipped" if track.skipped else ""
-    print(f"chapter: {track.source}  ({len(track.pages)} pages at {spp:g} s: {mmss(track.seconds)} of reading{note})")
+    print(f"chapter: {shown_path(track.source)}  ({len(track.pages)} pages at {spp:g} s: {mmss(track.seconds)} of reading{note})")
     for i, seg in enumerate(track.segments, 1):
         print(f"segment {i}: pages {seg.first_page + 1}-{seg.last_page + 1}  "
               f"({mmss(seg.start_seconds)}-{mmss(seg.end_seconds)})")
         for p in seg.plays:
             fade = f"  crossfade {p.crossfade_seconds:.1f} s" if p.crossfade_seconds else ""
-            print(f"  {mmss(p.start_seconds)}  {_shown(p.track.path)}  from {mmss(p.offset_seconds)}{fade}  "
+            print(f"  {mmss(p.start_seconds)}  {shown_path(p.track.path)}  from {mmss(p.offset_seconds)}{fade}  "
                   f"({p.reason})")
-
-
-def _shown(path: str) -> str:
-    try:
-        return str(Path(path).relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..defaults import demo_notice
     from ..retrieval import Retriever
     from ._files import write_text_atomic
     from .chapter import open_chapter
@@ -122,10 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A missing or unreadable chapter fails before any model is loaded.
     with open_chapter(args.chapter) as chapter:
         total = len(chapter)
-    retriever = Retriever(bundle=args.bundle, library=args.library, device=args.device,
-                          precision=args.precision, threads=args.threads)
-    if retriever.bundle.is_demo:
-        sys.stderr.write(demo_notice(retriever.bundle.dir) + "\n")
+    retriever = Retriever(bundle=args.bundle, library=args.library, **encoder_options(args))
     _ = retriever.library  # open and check it now, before embedding anything
     with Progress(total, "pages", unit="page") as bar:
         track = plan_chapter(retriever, args.chapter, settings, mode=args.mode, on_page=lambda name: bar.update(1, name))

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from runtime import formats
 from runtime.errors import InputError
 
-IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
-# What libsndfile (hence the runtime's soundfile-based loader) decodes. m4a/aac/webm are not
-# in it: a clip in those formats must be converted first (see audioset.UNSUPPORTED_AUDIO).
-AUDIO_EXTENSIONS: tuple[str, ...] = ("wav", "flac", "ogg", "opus", "mp3", "aiff", "aif")
+# The runtime's lists (what its loaders decode), without the dot. m4a/aac/webm are not in
+# them: a clip in those formats must be converted first (see audioset.UNSUPPORTED_AUDIO).
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(e.lstrip(".") for e in formats.IMAGE_EXTENSIONS)
+AUDIO_EXTENSIONS: tuple[str, ...] = tuple(e.lstrip(".") for e in formats.AUDIO_EXTENSIONS)
 
 
 @dataclass(frozen=True)
