@@ -28,6 +28,7 @@ from runtime.manifest import (PRECISIONS, SCHEMA_VERSION, AudioPreprocess, Encod
 from runtime.tokenizer import DEFAULT_VOCAB_FILE, default_tokenizer
 
 from .golden import floor_for, golden_cosine
+from .span_graphs import export_span
 from .graph_io import INPUT_NAMES
 from .parity import measure_session, parity_session
 
@@ -192,13 +193,13 @@ def build_bundle(model_or_checkpoint, out_dir: str | os.PathLike, precisions: Se
                  force: bool = False, progress: bool = True, *, optimum_preset: str | None = None,
                  quant_tool: str = "auto", parity_inputs: int = 32, calibration_size: tuple[int, int] = (32, 16),
                  threads: int | None = 2, parity_provider: str = "auto", exporter: str = "auto",
-                 log: Callable[[str], None] | None = None) -> Manifest:
+                 log: Callable[[str], None] | None = None, span: bool = True) -> Manifest:
     """Export ``model_or_checkpoint`` (an AudioCLIP, a ``LoadedModel`` or a checkpoint path)
     to the bundle folder ``out_dir`` and return its manifest. See ``build_bundle_report``."""
     return build_bundle_report(model_or_checkpoint, out_dir, precisions, calibration, demo, strict, force, progress,
                                optimum_preset=optimum_preset, quant_tool=quant_tool, parity_inputs=parity_inputs,
                                calibration_size=calibration_size, threads=threads, parity_provider=parity_provider,
-                               exporter=exporter, log=log).manifest
+                               exporter=exporter, log=log, span=span).manifest
 
 
 def build_bundle_report(model_or_checkpoint, out_dir: str | os.PathLike, precisions: Sequence[str] = ("fp32", "int8"),
@@ -207,7 +208,7 @@ def build_bundle_report(model_or_checkpoint, out_dir: str | os.PathLike, precisi
                         quant_tool: str = "auto", parity_inputs: int = 32,
                         calibration_size: tuple[int, int] = (32, 16), threads: int | None = 2,
                         parity_provider: str = "auto", exporter: str = "auto",
-                        log: Callable[[str], None] | None = None) -> ExportReport:
+                        log: Callable[[str], None] | None = None, span: bool = True) -> ExportReport:
     """The whole export. Arguments beyond ``build_bundle``'s common ones:
 
     - ``optimum_preset`` / ``quant_tool``: see ``export.quantize.quantize_encoder``;
@@ -216,6 +217,8 @@ def build_bundle_report(model_or_checkpoint, out_dir: str | os.PathLike, precisi
     - ``calibration_size``: (pages, clips) of the built-in calibration set;
     - ``threads``: ONNX Runtime intra-op threads for calibration and parity;
     - ``parity_provider``: "auto" (fp16 measured on CUDA when onnxruntime has it), "cpu";
+    - ``span``: also write the audio tower's trunk and head graphs for one-pass track
+      embedding (``export.span_graphs``), when they agree with the per-window graph;
     - ``log``: receives one-line notes (the CLI prints them); parity misses are also
       raised as ``ParityWarning``s, and with ``strict`` as ``ParityTargetError`` (no bundle).
     """
@@ -244,7 +247,7 @@ def build_bundle_report(model_or_checkpoint, out_dir: str | os.PathLike, precisi
     # The staging folder first: an unwritable destination fails before minutes of work.
     staging = _make_staging(out_dir)
     # inputs; per tower: export, int8, fp16, parity; labels; manifest
-    steps = 1 + 3 * (2 + ("int8" in precisions) + ("fp16" in precisions)) + 2
+    steps = 1 + 3 * (2 + ("int8" in precisions) + ("fp16" in precisions)) + 2 + bool(span)
     bar = None
     notes: list[str] = []
     try:
@@ -284,6 +287,7 @@ def build_bundle_report(model_or_checkpoint, out_dir: str | os.PathLike, precisi
         exporters = {}
         fp16_provider = _fp16_provider(parity_provider)
         embedded: dict[tuple[str, str], np.ndarray] = {}  # (modality, precision|"torch") -> held-out rows
+        span_info = None
         for modality in MODALITIES:
             bar.step(f"{modality}: exporting fp32 graph")
             fp32_path = staging / f"{modality}.fp32.onnx"
@@ -334,6 +338,20 @@ def build_bundle_report(model_or_checkpoint, out_dir: str | os.PathLike, precisi
                                             graph.inputs, graph.outputs, method, fmt,
                                             floor_for(precision, export_cos), round(export_cos, 6)))
             bar.done()
+            if modality == "audio" and span and ({"fp32", "int8"} & set(precisions)):
+                bar.step("audio: one-pass trunk and head")
+                whole = {p: made[p][0] for p in ("fp32", "int8") if p in made}
+                result = export_span(model, staging, whole, held_out, reference, goldens["audio"], image_cfg,
+                                     audio_cfg, calib, plan["audio"][0], threads, quant_tool, optimum_preset)
+                span_info = result.span
+                encoders.extend(e for e in result.encoders if e.precision in precisions or e.part == "head")
+                parity.extend(e for e in result.parity if e.precision in precisions)
+                for n in result.notes:
+                    say(n)
+                notes.extend(result.notes)
+                if "fp32" not in precisions and result.span is not None:
+                    (staging / "audio.trunk.fp32.onnx").unlink()
+                bar.done()
             if "fp32" not in precisions:
                 fp32_path.unlink()  # needed as the source of int8/fp16, not asked for
         parity = _with_retrieval_agreement(parity, embedded, held_out)
@@ -358,6 +376,7 @@ def build_bundle_report(model_or_checkpoint, out_dir: str | os.PathLike, precisi
             image=image_cfg, audio=audio_cfg, text=text_cfg,
             encoders=tuple(encoders), labels=labels, parity=tuple(parity),
             vocab_sha256=sha256_file(staging / text_cfg.vocab_file), goldens=tuple(goldens.values()),
+            audio_span=span_info,
         )
         _write_manifest(staging / MANIFEST_NAME, manifest)
         bar.done()

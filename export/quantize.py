@@ -449,7 +449,7 @@ def quantize_encoder(fp32_path: str | Path, out_path: str | Path, modality: str,
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mm-quant-")))
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        pre = workdir / f"{modality}_pre.onnx"
+        pre = workdir / f"{fp32_path.stem}_pre.onnx"
         # audio: keep the FBSP filterbank computed (see prepare)
         model, pre_notes = prepare(fp32_path, pre, fold_constants=modality != "audio")
         notes += pre_notes
@@ -461,14 +461,14 @@ def quantize_encoder(fp32_path: str | Path, out_path: str | Path, modality: str,
         if choice.keep_tail_convs:
             exclude += _tail_nodes(model, choice.keep_tail_convs)
         exclude = list(dict.fromkeys(exclude))
-        tmp_out = workdir / f"{modality}.int8.onnx"
+        tmp_out = workdir / f"{fp32_path.stem}.int8.onnx"
         try:
             with _quiet_tools():
                 if use_optimum:
                     method = _optimum_quantize(pre, tmp_out, modality, choice, calib, exclude, preset, workdir)
                 else:
                     method = _ort_quantize(pre, tmp_out, modality, choice, calib, exclude,
-                                           workdir / f"{modality}.{choice.calibration}.ranges.json")
+                                           workdir / f"{fp32_path.stem}.{choice.calibration}.ranges.json")
         except QuantizeError:
             raise
         except Exception as exc:  # noqa: BLE001 - the tools raise anything from ValueError to ORT errors

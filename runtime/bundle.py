@@ -180,15 +180,16 @@ class Bundle:
             if kind == "input" and extra:  # an input we would not feed makes every run fail
                 raise BundleError(f"{enc.file}: graph has input(s) {extra} that the manifest does not list")
 
-    def open_session(self, modality: str, precision: str, settings=None, **overrides):
-        """Verify and open one encoder: ``(session, provider_used, EncoderFile)``.
+    def open_session(self, modality: str, precision: str, settings=None, part: str = "", **overrides):
+        """Verify and open one encoder (or, with ``part``, one half of the audio encoder):
+        ``(session, provider_used, EncoderFile)``.
 
         ``settings``: a ``sessions.SessionSettings`` (default: ours), fields overridable by
         keyword (``device="cpu", threads=1``)."""
         from .sessions import make_session
 
         try:
-            enc = self.manifest.encoder(modality, precision)
+            enc = self.manifest.encoder(modality, precision, part)
         except ManifestError as exc:
             raise BundleError(f"{self.dir}: {exc}") from None
         path = self.verify_file(enc)

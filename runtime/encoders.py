@@ -23,6 +23,10 @@ from .sessions import DeviceChoice, SessionSettings, precision_device, provider_
 log = logging.getLogger("manga_music")
 
 _EPS = 1e-12
+# One-pass embedding pays from this many windows on (a 12.5 s track at a 2.5 s hop).
+SPAN_MIN_WINDOWS = 4
+# Tracks tried before one-pass embedding is given up for the session when most disagree.
+SPAN_TRIAL = 3
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -112,14 +116,16 @@ class Encoders:
     ``sessions.SessionSettings``); ``selfcheck``: run each graph's golden input the first
     time it is opened on this machine (None: on unless ``MANGA_MUSIC_SELFCHECK=0``; see
     ``runtime.selfcheck``), with passes remembered under ``cache_dir`` (None:
-    ``$MANGA_MUSIC_CACHE`` or the user cache). A demo bundle is noted once per process.
+    ``$MANGA_MUSIC_CACHE`` or the user cache); ``span``: embed a long track's windows from
+    one pass of the audio trunk when the bundle has one (``runtime.audio_span``), checking
+    each track against the per-window graph. A demo bundle is noted once per process.
     """
 
     def __init__(self, bundle: Bundle | str | Path | None = None, device: str = "auto",
                  precision: str = "auto", threads: int | None = None, strict_device: bool = False,
                  selfcheck: bool | None = None, cache_dir: str | Path | None = None, *,
                  providers: Sequence[Any] | None = None, provider_options: Sequence[dict] | None = None,
-                 session_options: Any = None, spinning: bool = False):
+                 session_options: Any = None, spinning: bool = False, span: bool = True):
         from .defaults import note_if_demo
         from .selfcheck import selfcheck_enabled
 
@@ -140,6 +146,11 @@ class Encoders:
         self.selfcheck = selfcheck_enabled(selfcheck)
         self.cache_dir = cache_dir
         self.selfchecks: dict[str, Any] = {}  # modality -> SelfCheckResult of the graph in use
+        # One-pass track embedding (runtime.audio_span): on when the bundle has it; the
+        # counts say how often it was used and how well it agreed with per-window.
+        self.span = span
+        self._span: tuple[LoadedEncoder, LoadedEncoder] | bool | None = None
+        self.span_stats: dict[str, Any] = {"tracks": 0, "span": 0, "cosines": []}
         self._loaded: dict[str, LoadedEncoder] = {}
         self._tokenizer = None
 
@@ -325,19 +336,92 @@ class Encoders:
         """Window embeddings [W, D] and start seconds [W] of one mono waveform.
 
         With ``floor_dbfs``, windows whose RMS level is below it are skipped (not embedded,
-        not returned); W may then be 0."""
+        not returned); W may then be 0. A long track is embedded in one pass of the audio
+        trunk when the bundle has one (``runtime.audio_span``), else window by window."""
         from .audio_preprocess import window_loudness_dbfs, window_starts
 
         cfg = self.bundle.manifest.audio
         starts = window_starts(wave.shape[0], cfg)
+        win = int(round(cfg.window_seconds * cfg.sample_rate))
         if floor_dbfs is not None and len(starts):
-            win = int(round(cfg.window_seconds * cfg.sample_rate))
             starts = starts[window_loudness_dbfs(wave, starts, win) >= floor_dbfs]
         if not len(starts):
             return self._empty(), np.zeros(0, np.float64)
         enc = self.encoder("audio")
-        embs = [l2_normalise(enc.run(b)) for b in self._window_batches(wave, starts, batch_size)]
-        return np.concatenate(embs), starts.astype(np.float64) / cfg.sample_rate
+        embs = self._span_windows(enc, wave, starts, win) if len(starts) >= SPAN_MIN_WINDOWS else None
+        if embs is None:
+            embs = np.concatenate([l2_normalise(enc.run(b)) for b in self._window_batches(wave, starts, batch_size)])
+        return embs, starts.astype(np.float64) / cfg.sample_rate
+
+    # -- audio: a whole track in one pass -------------------------------------------------
+    def _span_pair(self) -> tuple[LoadedEncoder, LoadedEncoder] | None:
+        """The audio trunk and head at the audio encoder's precision, opened and self-checked
+        once (as a pair) on first use; None when the bundle has none or span is off."""
+        if self._span is None:
+            self._span = False
+            m = self.bundle.manifest
+            precision = self.encoder("audio").encoder.precision
+            heads = m.precisions("audio", "head")
+            # The head is small and usually fp32 for every trunk precision.
+            head_precision = precision if precision in heads else "fp32"
+            if self.span and m.audio_span is not None and precision in m.precisions("audio", "trunk") \
+                    and head_precision in heads:
+                trunk = self._part_session("trunk", precision)
+                head = self._part_session("head", head_precision)
+                if self._pair_checked(trunk, head):
+                    self._span = (trunk, head)
+        return self._span or None
+
+    def _part_session(self, part: str, precision: str) -> LoadedEncoder:
+        sess, provider, entry = self.bundle.open_session("audio", precision, self.settings, part=part)
+        return LoadedEncoder("audio", entry, provider, sess)
+
+    def _pair_checked(self, trunk: LoadedEncoder, head: LoadedEncoder) -> bool:
+        """The golden audio through trunk then head; a failure costs only the speed-up."""
+        if not self.selfcheck:
+            return True
+        from .selfcheck import check_graph
+
+        result = check_graph(lambda x: head.run(trunk.run(x)), self.bundle.manifest, trunk.encoder, trunk.provider,
+                             self.cache_dir)
+        if result is not None and not result.passed:
+            log.warning("%s + %s fail their self-check on this machine (golden-input cosine %.4f < %.4f); "
+                        "embedding audio window by window", trunk.encoder.file, head.encoder.file, result.cosine,
+                        result.floor)
+            return False
+        return True
+
+    def _span_windows(self, enc: LoadedEncoder, wave: np.ndarray, starts: np.ndarray, win: int) -> np.ndarray | None:
+        """Unit window embeddings from one trunk pass, or None to use the per-window path:
+        no trunk in the bundle, or the track's probe windows disagree with the per-window
+        graph (then this track is embedded window by window, and after ``SPAN_TRIAL``
+        tracks of which most disagreed, every later one too)."""
+        from .audio_span import SpanGeometry, agreement, span_embeddings
+
+        pair = self._span_pair()
+        if pair is None:
+            return None
+        stats = self.span_stats
+        if stats["tracks"] >= SPAN_TRIAL and stats["span"] * 2 < stats["tracks"]:
+            return None
+        trunk, head = pair
+        m = self.bundle.manifest
+        geo = SpanGeometry(m.audio_span.samples_per_step, m.audio_span.window_steps, m.audio_span.min_cosine)
+        emb = span_embeddings(trunk.run, head.run, wave, starts, win, m.audio.sample_rate, geo)
+        # Probe: the first and the middle window, also through the per-window graph.
+        probe = np.unique([0, len(starts) // 2])
+        exact = enc.run(np.stack([wave[s:s + win] for s in starts[probe]]))
+        cos = agreement(emb[probe], exact)
+        stats["tracks"] += 1
+        stats["cosines"].extend(float(c) for c in cos)
+        if cos.min() < geo.min_cosine:
+            if stats["tracks"] == SPAN_TRIAL and stats["span"] * 2 < stats["tracks"]:
+                log.warning("audio: one-pass embedding disagrees with the per-window graph on most tracks "
+                            "(cosine below %.3f); embedding window by window from here on", geo.min_cosine)
+            return None
+        stats["span"] += 1
+        emb[probe] = exact
+        return l2_normalise(emb)
 
     def embed_track(self, src: Any, batch_size: int = 8, floor_dbfs: float | None = None) -> TrackEmbedding:
         """A track (path or waveform) -> its audible windows' embeddings, their starts, and

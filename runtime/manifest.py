@@ -28,6 +28,7 @@ READABLE_SCHEMAS = (1, 2)
 MODALITIES = ("image", "text", "audio")
 PRECISIONS = ("fp32", "int8", "fp16")
 RESIZE_MODES = ("center_crop", "letterbox", "tiles")
+PARTS = ("", "trunk", "head")
 # dtypes a PackedArray may hold: what golden inputs and embeddings need, nothing else.
 PACKED_DTYPES = ("uint8", "int16", "int32", "int64", "float16", "float32")
 TENSOR_DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8", "int8")
@@ -285,6 +286,9 @@ class EncoderFile:
     selfcheck_min_cosine: float = 0.0
     # ... and gave this one on the exporting machine.
     selfcheck_export_cosine: float | None = None
+    # "" for a whole encoder; audio only: "trunk" / "head", the two halves that embed a
+    # whole track at once (``audio_span``). The trunk's self-check runs the pair.
+    part: str = ""
 
     @classmethod
     def from_dict(cls, e: Any, where: str) -> "EncoderFile":
@@ -299,7 +303,8 @@ class EncoderFile:
                    _str(e, "method", where, default=""),
                    None if fmt is None else Int8Format.from_dict(fmt, f"{where}.int8_format"),
                    _float(e, "selfcheck_min_cosine", where, lo=-1.0, hi=1.0, default=0.0),
-                   None if export_cos is None else _float(e, "selfcheck_export_cosine", where, lo=-1.0, hi=1.0))
+                   None if export_cos is None else _float(e, "selfcheck_export_cosine", where, lo=-1.0, hi=1.0),
+                   _str(e, "part", where, PARTS, default=""))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -363,6 +368,8 @@ class ParityEntry:
     # the top-k lists ranked with this graph's embeddings and with PyTorch's.
     topk_overlap: float | None = None
     topk: int | None = None
+    # "" for a whole encoder; "trunk": the audio trunk + head pair (``audio_span``).
+    part: str = ""
 
     @classmethod
     def from_dict(cls, p: Any, where: str) -> "ParityEntry":
@@ -378,7 +385,8 @@ class ParityEntry:
                    tuple(_str({"f": f}, "f", f"{where}.cpu_features") for f in _list(p, "cpu_features", where, [])),
                    _str(p, "onnxruntime", where, default=""),
                    _str(p, "provider", where, default="CPUExecutionProvider"), _str(p, "inputs", where, default="built-in"),
-                   opt_float("topk_overlap"), None if topk is None else _int(p, "topk", where, lo=1))
+                   opt_float("topk_overlap"), None if topk is None else _int(p, "topk", where, lo=1),
+                   _str(p, "part", where, PARTS, default=""))
 
 
 @dataclass(frozen=True)
@@ -410,6 +418,40 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class AudioSpan:
+    """How the audio trunk's feature steps map to samples, for embedding a whole track at
+    once (``runtime.audio_span``), and how well that agreed with per-window embedding."""
+
+    samples_per_step: int  # STFT hop x the trunk's time stride
+    window_steps: int  # steps of a window's slice
+    min_cosine: float  # the runtime keeps per-window embedding for a track below this
+    # Measured by the export on long generated clips: agreement with the per-window graph.
+    export_mean_cosine: float | None = None
+    export_min_cosine: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "audio_span") -> "AudioSpan":
+        def opt(key):
+            v = d.get(key) if isinstance(d, dict) else None
+            return None if v is None else _float(d, key, where, lo=-1.0, hi=1.0)
+
+        return cls(_int(d, "samples_per_step", where, lo=1), _int(d, "window_steps", where, lo=1, hi=100000),
+                   _float(d, "min_cosine", where, lo=0.0, hi=1.0), opt("export_mean_cosine"), opt("export_min_cosine"))
+
+
+def _audio_span(d: dict, encoders: tuple[EncoderFile, ...]) -> AudioSpan | None:
+    """The span section, present exactly when some precision has both audio halves."""
+    raw = d.get("audio_span")
+    span = None if raw is None else AudioSpan.from_dict(raw)
+    parts = {e.part for e in encoders if e.part}
+    paired = parts == {"trunk", "head"}
+    if (span is None) == paired:
+        raise ManifestError("manifest: 'audio_span' must be given exactly when the bundle has audio trunk and "
+                            "head graphs")
+    return span
+
+
+@dataclass(frozen=True)
 class Manifest:
     schema_version: int
     model: ModelInfo
@@ -423,17 +465,19 @@ class Manifest:
     parity: tuple[ParityEntry, ...] = ()
     vocab_sha256: str = ""
     goldens: tuple[Golden, ...] = ()
+    audio_span: AudioSpan | None = None
 
     # -- lookups -------------------------------------------------------------------
-    def encoder(self, modality: str, precision: str) -> EncoderFile:
+    def encoder(self, modality: str, precision: str, part: str = "") -> EncoderFile:
         for e in self.encoders:
-            if e.modality == modality and e.precision == precision:
+            if e.modality == modality and e.precision == precision and e.part == part:
                 return e
-        have = sorted(f"{e.modality}.{e.precision}" for e in self.encoders)
-        raise ManifestError(f"bundle has no {modality} encoder at precision {precision} (has: {', '.join(have)})")
+        have = sorted(f"{e.modality}{'.' + e.part if e.part else ''}.{e.precision}" for e in self.encoders)
+        what = f"{modality} {part}" if part else modality
+        raise ManifestError(f"bundle has no {what} encoder at precision {precision} (has: {', '.join(have)})")
 
-    def precisions(self, modality: str) -> tuple[str, ...]:
-        return tuple(e.precision for e in self.encoders if e.modality == modality)
+    def precisions(self, modality: str, part: str = "") -> tuple[str, ...]:
+        return tuple(e.precision for e in self.encoders if e.modality == modality and e.part == part)
 
     def label_set(self, name: str) -> LabelEmbeddings:
         for ls in self.labels:
@@ -461,6 +505,7 @@ class Manifest:
             "parity": [asdict(p) for p in self.parity],
             "vocab_sha256": self.vocab_sha256,
             "goldens": [g.to_dict() for g in self.goldens],
+            "audio_span": None if self.audio_span is None else asdict(self.audio_span),
         }
         return d
 
@@ -480,9 +525,11 @@ class Manifest:
         encoders = _items(d, "encoders", "", EncoderFile.from_dict)
         seen = set()
         for i, e in enumerate(encoders):
-            if (e.modality, e.precision) in seen:
+            if (e.modality, e.precision, e.part) in seen:
                 raise ManifestError(f"manifest: encoders[{i}] repeats {e.modality}.{e.precision}")
-            seen.add((e.modality, e.precision))
+            seen.add((e.modality, e.precision, e.part))
+            if e.part and e.modality != "audio":
+                raise ManifestError(f"manifest: encoders[{i}] has part {e.part!r}; only audio graphs come in parts")
         labels = []
         for i, ls in enumerate(_list(d, "labels", "")):
             where = f"labels[{i}]"
@@ -502,4 +549,4 @@ class Manifest:
         return cls(version, ModelInfo.from_dict(_obj(d, "model", "")), embed_dim,
                    LogitScales.from_dict(_obj(d, "logit_scales", "")), image, audio, text, encoders, tuple(labels),
                    _items(d, "parity", "", ParityEntry.from_dict, default=[]), _str(d, "vocab_sha256", "", default=""),
-                   goldens)
+                   goldens, _audio_span(d, encoders))

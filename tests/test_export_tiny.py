@@ -92,6 +92,7 @@ def test_bundle_files_and_manifest_validate(built):
     assert json.loads(json.dumps(again.to_dict())) == data  # from_dict / to_dict are exact inverses
     names = sorted(p.name for p in out.iterdir())
     expected = sorted([f"{m}.{p}.onnx" for m in INPUT for p in PRECISIONS]
+                      + ["audio.trunk.fp32.onnx", "audio.trunk.int8.onnx", "audio.head.fp32.onnx"]
                       + ["manifest.json", "bpe_simple_vocab_16e6.txt.gz"])
     assert names == expected  # the old bundle's stray file is gone, nothing else is there
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".bundle.")]  # no temp leftovers
@@ -120,13 +121,18 @@ def test_self_check_floors_follow_the_precision_and_the_graph(built):
     _, _, manifest, _ = built
     assert {g.modality for g in manifest.goldens} == {"image", "text", "audio"}
     for e in manifest.encoders:
+        if e.part == "head":  # checked together with each trunk, not on its own
+            assert e.selfcheck_min_cosine == 0.0 and e.selfcheck_export_cosine is None
+            continue
         assert e.selfcheck_export_cosine is not None
         assert e.selfcheck_min_cosine == floor_for(e.precision, e.selfcheck_export_cosine), e
 
 
 def test_parity_report_in_manifest(built):
     _, _, manifest, _ = built
-    assert len(manifest.parity) == 9
+    # 3 encoders x 3 precisions, and the audio trunk + head pair at fp32 and int8
+    assert len(manifest.parity) == 9 + 2
+    assert {(p.part, p.precision) for p in manifest.parity if p.part} == {("trunk", "fp32"), ("trunk", "int8")}
     for p in manifest.parity:
         assert p.n == PARITY_N
         assert p.passed, p
@@ -203,6 +209,48 @@ def test_text_graph_cut_after_the_last_end_token_gives_the_same_embedding(built,
     assert cosines(cut, full).min() >= floor
     enc = Encoders(out, device="cpu", precision=precision, selfcheck=False)
     assert cosines(enc.embed_texts(list(MOOD_LABELS.prompts()) + ["a rainy evening in the city"]), cut).min() > 0.99999
+
+
+def test_audio_trunk_and_head_compose_to_the_audio_graph(built):
+    """Issue 12: the two halves written for one-pass track embedding compute, together,
+    what the whole audio graph computes on a clip."""
+    _, out, manifest, model = built
+    span = manifest.audio_span
+    assert span is not None and span.window_steps >= 2 and span.export_mean_cosine >= span.min_cosine
+    wave = synthetic_clip(np.random.default_rng(21), 5.0)[None]
+    ref = reference_forward(model, "audio", wave)
+    head = _session(out / manifest.encoder("audio", "fp32", "head").file)
+    for precision in ("fp32", "int8"):
+        trunk = _session(out / manifest.encoder("audio", precision, "trunk").file)
+        got = head.run(["embedding"], {"features": trunk.run(["features"], {"waveform": wave})[0]})[0]
+        assert cosines(got, ref).min() >= (0.9999 if precision == "fp32" else 0.98), precision
+    parts = {(e.part, e.precision) for e in manifest.encoders if e.part}
+    assert parts == {("trunk", "fp32"), ("trunk", "int8"), ("head", "fp32")}
+    assert manifest.precisions("audio") == ("fp32", "int8", "fp16")  # the whole graphs only
+
+
+def test_one_pass_track_embedding_agrees_with_window_by_window(built, caplog):
+    from runtime.encoders import Encoders
+
+    _, out, _, _ = built
+    wave = synthetic_clip(np.random.default_rng(22), 33.0)
+    one_pass = Encoders(out, device="cpu", precision="int8", selfcheck=False)
+    windows = Encoders(out, device="cpu", precision="int8", selfcheck=False, span=False)
+    a, b = one_pass.embed_track(wave), windows.embed_track(wave)
+    assert one_pass.span_stats["span"] == 1 and windows.span_stats["tracks"] == 0
+    assert np.array_equal(a.starts, b.starts) and a.windows.shape == b.windows.shape
+    cos = (a.windows * b.windows).sum(1)
+    print(f"\none pass vs window by window, 33 s, int8: mean {cos.mean():.5f} min {cos.min():.5f}")
+    assert cos.mean() >= 0.99 and cos.min() >= 0.95
+    # Where a track disagrees, the per-window embeddings are used, and after most of the
+    # first tracks disagree, one-pass embedding stops being tried.
+    strict = Encoders(out, device="cpu", precision="int8", selfcheck=False)
+    strict.bundle = bundle_writer.replace(strict.bundle, manifest=bundle_writer.replace(
+        strict.bundle.manifest, audio_span=bundle_writer.replace(strict.bundle.manifest.audio_span, min_cosine=1.01)))
+    for _ in range(4):
+        c = strict.embed_track(wave)
+        assert np.allclose(c.windows, b.windows, atol=1e-6)
+    assert strict.span_stats["tracks"] == 3 and strict.span_stats["span"] == 0
 
 
 def test_audio_graph_handles_clips_shorter_than_one_frame(built):
@@ -359,7 +407,7 @@ def _reuse_graphs(built, monkeypatch):
     real = onnx_graphs.export_encoder
 
     def fake(model, modality, path, exporter="auto", verify_cos=0.999):
-        shutil.copyfile(out / f"{modality}.fp32.onnx", path)
+        shutil.copyfile(out / f"{modality.replace('_', '.')}.fp32.onnx", path)
         spec = real.__globals__["io_specs"](model, modality)
         return onnx_graphs.ExportedGraph(modality, Path(path), "dynamo", spec[0], spec[1])
 
@@ -385,7 +433,8 @@ def test_non_strict_miss_still_writes_and_records_it(built, tmp_path, monkeypatc
     with pytest.warns(ParityWarning):
         manifest = build_bundle(model, tmp_path / "b", precisions=("fp32",), progress=False, parity_inputs=4,
                                 demo=True)
-    assert [p.passed for p in manifest.parity] == [False, False, False]
+    # three encoders and the audio trunk + head pair, each against the unreachable target
+    assert [(p.part, p.passed) for p in manifest.parity] == [("", False)] * 3 + [("trunk", False)]
     assert manifest.model.demo is True
     assert Manifest.from_dict(json.loads((tmp_path / "b" / "manifest.json").read_text())).parity == manifest.parity
 
