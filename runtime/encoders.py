@@ -423,7 +423,8 @@ class Encoders:
         emb[probe] = exact
         return l2_normalise(emb)
 
-    def embed_track(self, src: Any, batch_size: int = 8, floor_dbfs: float | None = None) -> TrackEmbedding:
+    def embed_track(self, src: Any, batch_size: int = 8, floor_dbfs: float | None = None,
+                    name: str | None = None) -> TrackEmbedding:
         """A track (path or waveform) -> its audible windows' embeddings, their starts, and
         the pooled embedding (normalised mean of the windows).
 
@@ -435,7 +436,7 @@ class Encoders:
         wave = self.load_wave(src)
         win_embs, starts = self.embed_windows(wave, batch_size, floor_dbfs=floor)
         if not len(starts):
-            raise SilentAudioError(f"{_describe_audio(src)}: silent (no {self.bundle.manifest.audio.window_seconds:g} s "
+            raise SilentAudioError(f"{name or _describe_audio(src)}: silent (no {self.bundle.manifest.audio.window_seconds:g} s "
                                    f"window louder than {floor:g} dBFS RMS)")
         pooled = l2_normalise(win_embs.mean(axis=0, keepdims=True))[0]
         duration = wave.shape[0] / self.bundle.manifest.audio.sample_rate

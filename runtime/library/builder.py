@@ -51,7 +51,9 @@ COMMIT_SECONDS = 60.0  # ... or this long, whichever comes first: at most this m
 def default_embedder(encoders, kind: str, mode: str | None = None) -> EmbedFile:
     """``embed_file`` for a kind: a track's audible windows (music), or a page as one window."""
     if kind == "music":
-        return lambda path: encoders.embed_track(path)
+        from .prefetch import PrefetchingEmbedder
+
+        return PrefetchingEmbedder(encoders)
 
     def embed_page(path: Path) -> TrackEmbedding:
         emb = encoders.embed_images([path], mode=mode)[0]
@@ -367,6 +369,9 @@ def _build(run: BuildRun, src: Path, files: list[Path], problems, base, base_nam
         last_commit = time.monotonic()
 
     first_failure = None
+    plan = getattr(embed, "plan", None)
+    if plan is not None:  # an embedder that reads ahead (prefetch.py) learns the order
+        plan([t.path for t in todo])
     try:
         for done, t in enumerate(todo):
             if progress is not None:
@@ -394,6 +399,10 @@ def _build(run: BuildRun, src: Path, files: list[Path], problems, base, base_nam
         except Exception:  # noqa: BLE001 - the original interruption is what matters
             pass
         raise
+    finally:
+        close = getattr(embed, "close", None)
+        if close is not None:
+            close()
     if progress is not None and todo:
         progress(len(todo), len(todo), "")
     commit()
