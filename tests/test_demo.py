@@ -23,7 +23,9 @@ def test_shipped_bundle_is_a_labelled_int8_demo():
     m = bundle.manifest
     assert m.model.demo is True
     assert "demo model trained on generated data" in m.model.description
-    assert {e.precision for e in m.encoders} == {"int8"}
+    assert {e.precision for e in m.encoders if not e.part} == {"int8"}
+    # and the one-pass audio halves: an int8 trunk, and the small head every trunk shares
+    assert {(e.part, e.precision) for e in m.encoders if e.part} == {("trunk", "int8"), ("head", "fp32")}
     assert all(p.passed for p in m.parity), m.parity
 
 
