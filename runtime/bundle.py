@@ -150,12 +150,15 @@ class Bundle:
         return PrecisionChoice(modality, requested, chosen, note)
 
     # -- integrity -------------------------------------------------------------------------
-    def verify_file(self, enc: EncoderFile) -> Path:
-        """Check one graph's sha256 against the manifest; return its path."""
+    def verify_file(self, enc: EncoderFile, cache_dir: str | Path | None = None) -> Path:
+        """Check one graph's sha256 against the manifest; return its path. The hash of a
+        file unchanged since it was last hashed comes from the cache (``runtime.graph_cache``)."""
+        from .graph_cache import file_sha256
+
         p = self.encoder_path(enc)
         if not p.is_file():
             raise BundleError(f"{self.dir}: encoder file {enc.file} is missing")
-        if _cached_sha256(p) != enc.sha256:
+        if file_sha256(p, cache_dir) != enc.sha256:
             raise BundleError(f"{p}: sha256 does not match the manifest; the file was modified or corrupted")
         return p
 
@@ -180,7 +183,8 @@ class Bundle:
             if kind == "input" and extra:  # an input we would not feed makes every run fail
                 raise BundleError(f"{enc.file}: graph has input(s) {extra} that the manifest does not list")
 
-    def open_session(self, modality: str, precision: str, settings=None, part: str = "", **overrides):
+    def open_session(self, modality: str, precision: str, settings=None, part: str = "",
+                     cache_dir: str | Path | None = None, **overrides):
         """Verify and open one encoder (or, with ``part``, one half of the audio encoder):
         ``(session, provider_used, EncoderFile)``.
 
@@ -192,8 +196,8 @@ class Bundle:
             enc = self.manifest.encoder(modality, precision, part)
         except ManifestError as exc:
             raise BundleError(f"{self.dir}: {exc}") from None
-        path = self.verify_file(enc)
-        sess, used = make_session(path, settings, **overrides)
+        path = self.verify_file(enc, cache_dir)
+        sess, used = make_session(path, settings, graph_sha256=enc.sha256, cache_dir=cache_dir, **overrides)
         self.check_io(sess, enc)
         return sess, used, enc
 

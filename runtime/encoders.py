@@ -195,7 +195,7 @@ class Encoders:
         return self._checked(loaded)
 
     def _session(self, modality: str, precision: str) -> LoadedEncoder:
-        sess, provider, entry = self.bundle.open_session(modality, precision, self.settings)
+        sess, provider, entry = self.bundle.open_session(modality, precision, self.settings, cache_dir=self.cache_dir)
         return LoadedEncoder(modality, entry, provider, sess)
 
     def _checked(self, loaded: LoadedEncoder) -> LoadedEncoder:
@@ -373,7 +373,8 @@ class Encoders:
         return self._span or None
 
     def _part_session(self, part: str, precision: str) -> LoadedEncoder:
-        sess, provider, entry = self.bundle.open_session("audio", precision, self.settings, part=part)
+        sess, provider, entry = self.bundle.open_session("audio", precision, self.settings, part=part,
+                                                         cache_dir=self.cache_dir)
         return LoadedEncoder("audio", entry, provider, sess)
 
     def _pair_checked(self, trunk: LoadedEncoder, head: LoadedEncoder) -> bool:

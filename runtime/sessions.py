@@ -207,7 +207,8 @@ def _provider_list(settings: SessionSettings) -> tuple[list, list | None]:
     return providers, options
 
 
-def make_session(path: str | Path, settings: SessionSettings | None = None, **overrides):
+def make_session(path: str | Path, settings: SessionSettings | None = None, *, graph_sha256: str | None = None,
+                 cache_dir: str | Path | None = None, **overrides):
     """Create an ``onnxruntime.InferenceSession`` for ``path``.
 
     ``settings`` (default ``SessionSettings()``), with any field overridden by keyword
@@ -215,21 +216,19 @@ def make_session(path: str | Path, settings: SessionSettings | None = None, **ov
     the first provider the session really has, as ``short_provider`` names it ("cpu",
     "cuda", or ORT's name), read back rather than assumed. Raises ``BundleError`` when ORT
     cannot load the file and ``InputError`` for a bad device, provider or thread request
-    (or, with ``strict``, when the asked-for provider did not start).
+    (or, with ``strict``, when the asked-for provider did not start). With the graph's
+    ``graph_sha256``, a CPU session on our own settings is made from ORT's optimised form of
+    the graph cached under ``cache_dir`` (``runtime.graph_cache``), written on first use.
     """
     settings = replace(settings or SessionSettings(), **overrides) if overrides else (settings or SessionSettings())
     providers, provider_options = _provider_list(settings)
     so = settings.session_options or session_options(settings.threads, settings.spinning)
-    ort = _ort()
     path = Path(path)
-    try:
-        with warnings.catch_warnings():
-            # ORT's Python warning about an unavailable provider: we check and say it ourselves.
-            warnings.simplefilter("ignore", UserWarning)
-            sess = ort.InferenceSession(str(path), sess_options=so, providers=providers,
-                                        provider_options=provider_options)
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad graphs
-        raise BundleError(f"{path}: onnxruntime cannot load this graph ({one_line(exc)})") from None
+    cacheable = graph_sha256 is not None and settings.session_options is None and settings.providers is None \
+        and [provider_name(p) for p in providers] == [CPU]
+    sess = _optimized_session(path, so, graph_sha256, cache_dir) if cacheable else None
+    if sess is None:
+        sess = _new_session(path, so, providers, provider_options)
     got = sess.get_providers()
     wanted = provider_name(providers[0])
     used = got[0] if got else CPU
@@ -242,6 +241,52 @@ def make_session(path: str | Path, settings: SessionSettings | None = None, **ov
             raise InputError(msg.split("; running on")[0])
         _warn_once(msg)
     return sess, short_provider(used)
+
+
+def _new_session(path: Path, so, providers, provider_options):
+    ort = _ort()
+    try:
+        with warnings.catch_warnings():
+            # ORT's Python warning about an unavailable provider: we check and say it ourselves.
+            warnings.simplefilter("ignore", UserWarning)
+            return ort.InferenceSession(str(path), sess_options=so, providers=providers,
+                                        provider_options=provider_options)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad graphs
+        raise BundleError(f"{path}: onnxruntime cannot load this graph ({one_line(exc)})") from None
+
+
+def _optimized_session(path: Path, so, graph_sha256: str, cache_dir):
+    """A CPU session from the cached optimised graph (made and cached now if missing);
+    None when the cache cannot be used, so the caller makes a plain session."""
+    import os
+    import tempfile
+
+    from .graph_cache import optimized_path
+
+    ort = _ort()
+    level = so.graph_optimization_level
+    cached = optimized_path(graph_sha256, f"level={int(level)}", cache_dir)
+    if cached.is_file():
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            return ort.InferenceSession(str(cached), sess_options=so, providers=[CPU])
+        except Exception:  # noqa: BLE001 - a damaged cache entry: drop it, rebuild below
+            so.graph_optimization_level = level
+            cached.unlink(missing_ok=True)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".opt-", suffix=".onnx", dir=cached.parent)
+        os.close(fd)
+    except OSError:
+        return None  # no writable cache: a plain session
+    so.optimized_model_filepath = tmp
+    try:
+        sess = _new_session(path, so, [CPU], None)
+        os.replace(tmp, cached)
+        return sess
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 __all__ = ["SessionSettings", "DeviceChoice", "make_session", "resolve_device", "session_options", "cuda_available",
