@@ -177,6 +177,11 @@ def test_incremental_updates(music, tmp_path, enc):
     embedded.clear()
     r4 = build_library(music, out, enc, progress=False, on_file=embedded.append)
     assert embedded == [] and r4.unchanged == 5 and r4.published  # its record's mtime changed
+    # --rebuild embeds every file again (nothing reused), and publishes a new generation
+    embedded.clear()
+    r5 = build_library(music, out, enc, progress=False, on_file=embedded.append, rebuild=True)
+    assert len(embedded) == 5 and r5.published and r5.tracks == 5 and r5.generation == r4.generation + 1
+    assert state(out)[0].keys() == paths3.keys()
 
 
 def test_unreadable_and_silent_files_are_recorded_and_skipped(music, tmp_path, world, enc):  # noqa: F811

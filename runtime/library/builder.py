@@ -141,7 +141,11 @@ def build_library(source: str | Path, out: str | Path, encoders, kind: str = "mu
 
     with WriterLock(lib_dir):
         base, base_name = _load_base(lib_dir, rebuild)
-        if base is not None and not rebuild:
+        if rebuild:
+            # Embed everything again: nothing of the live generation is reused (it stays
+            # live, for its readers, until the new one is published).
+            base, base_name = None, None
+        if base is not None:
             if base.bundle_fingerprint != bundle.fingerprint:
                 raise LibraryError(f"{lib_dir} was built with another bundle ({base.model_name}, "
                                    f"{base.bundle_fingerprint[:12]}); pass --rebuild to re-embed everything "
