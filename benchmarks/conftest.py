@@ -36,11 +36,13 @@ if str(ROOT) not in sys.path:  # `pytest benchmarks/x.py` from elsewhere still f
 CACHE = ROOT / ".cache" / "benchmarks"
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2
+SPINNING = False  # ORT's spin-waiting: off, as the runtime's defaults for apps
 RECIPE_SEED = 1
 LAYOUT_JSON = ROOT / "tests" / "golden" / "parity" / "state_dict_layout.json"
 LIBRARY_SIZES = (1_000, 100_000, 1_000_000)
 # Bump when the synthetic library or page recipe changes, so cached ones are rebuilt.
-DATA_VERSION = "2"  # 2: segmented library format (issue 13)
+DATA_VERSION = "3"  # 2: segmented library format (issue 13); 3: centre + index-time ANN
+ANN_LIBRARY_FROM = 100_000
 
 
 # -- options ---------------------------------------------------------------------------------
@@ -234,9 +236,10 @@ def _bundle_info(bundle) -> dict:
         "model": m.model.name,
         "demo": m.model.demo,
         "embed_dim": m.embed_dim,
-        "encoders": [{"modality": e.modality, "precision": e.precision, "bytes": e.bytes, "method": e.method}
-                     for e in m.encoders],
+        "encoders": [{"modality": e.modality, "part": e.part, "precision": e.precision, "bytes": e.bytes,
+                      "method": e.method} for e in m.encoders],
         "parity": [asdict(p) for p in m.parity],
+        "audio_span": None if m.audio_span is None else asdict(m.audio_span),
     }
 
 
@@ -317,8 +320,9 @@ class EncoderPool:
             b = Bundle.load(self.bundle.path)
             if precision not in {e.precision for e in b.manifest.encoders}:
                 pytest.skip(f"the bundle has no {precision} graphs")
-            # strict_device: a CUDA number must never be a silent CPU fallback.
-            self._pool[key] = Encoders(b, device=device, precision=precision, threads=THREADS,
+            # strict_device: a CUDA number must never be a silent CPU fallback. The session
+            # settings are the app defaults, named here so the report can say what ran.
+            self._pool[key] = Encoders(b, device=device, precision=precision, threads=THREADS, spinning=SPINNING,
                                        strict_device=(device == "cuda"))
         return self._pool[key]
 
@@ -505,7 +509,10 @@ class LibraryPool:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        synthetic_library(tmp, self.bundle.path, n, windows_per_track=w, seed=n % 9973)
+        # As the indexer stores a large library: its hub centre, and (faiss installed, and
+        # large enough) the approximate index built at index time with its recall recorded.
+        synthetic_library(tmp, self.bundle.path, n, windows_per_track=w, seed=n % 9973, centre=True,
+                          ann=n >= ANN_LIBRARY_FROM)
         _publish(tmp, final, f"*-n{n}-v*")
         return final
 
@@ -558,8 +565,12 @@ print(json.dumps({"import_s": t1 - t0, "bundle_load_s": t2 - t1, "first_query_s"
 """
 
 
-def run_query_child(bundle: Path, library: Path, page: Path, threads: int = THREADS, index: str = "exact") -> dict:
+def run_query_child(bundle: Path, library: Path, page: Path, threads: int = THREADS, index: str = "exact",
+                    cache: Path | None = None) -> dict:
+    """``cache``: the runtime's cache folder for the child (None: the user's)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    if cache is not None:
+        env["MANGA_MUSIC_CACHE"] = str(cache)
     proc = subprocess.run([sys.executable, "-c", QUERY_CHILD, str(bundle), str(library), str(page), str(threads), index],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
@@ -632,6 +643,7 @@ def machine_info(config) -> dict:
         "gpu": gpu,
         "system": f"{platform.system()} {platform.release()} {platform.machine()}",
         "threads": THREADS,
+        "spinning": SPINNING,
         "load_start": getattr(config, "_mm_load_start", None),
         "load_end": _loadavg(),
         "versions": _versions(),

@@ -26,10 +26,20 @@ RESULTS = HERE / "results"
 README = HERE / "README.md"
 BLOCK_START, BLOCK_END = "<!-- latest-results:start -->", "<!-- latest-results:end -->"
 
-# (modality, clip seconds, minimum speed-up of ORT int8 over PyTorch eager fp32 at batch 1)
-SPEED_TARGETS = (("image", None, 5.0), ("audio", 5.0, 4.0), ("text", None, 3.0))
-E2E_TRACKS, E2E_TARGET_S = 100_000, 0.050
-INDEX_TARGET_X = 60.0
+# (modality, clip seconds, minimum speed-up of ORT int8 over PyTorch eager fp32 at batch 1);
+# the image goal depends on the CPU's int8 kernels (issue 12): 5x without VNNI, 8x with.
+SPEED_TARGETS = (("image", None, None), ("audio", 5.0, 4.0), ("text", None, 3.0))
+IMAGE_GOAL_AVX2, IMAGE_GOAL_VNNI = 5.0, 8.0
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+E2E_TRACKS, E2E_LARGE = 100_000, 1_000_000
+E2E_OVER_ENCODER = 1.2  # end to end at 100k tracks: at most this times the image encoder alone
+E2E_LARGE_OVER = 2.0  # 1M tracks: at most this times the 100k figure
+ANN_RECALL = 0.95
+TEXT_CUT_SPEEDUP, TEXT_CUT_COSINE = 4.0, 0.99999
+INDEX_SPEEDUP = 4.0  # the shipped indexer over the per-window one, same run
+INDEX_TARGET_AVX2, INDEX_TARGET_VNNI = 40.0, 80.0  # x real time
+SPAN_AGREEMENT = 0.99
+COLD_START_S = 1.0
 
 BACKENDS = (("torch-cpu-fp32", "PyTorch fp32"), ("ort-cpu-fp32", "ORT fp32"), ("ort-cpu-int8", "ORT int8"),
             ("torch-cuda-fp32", "PyTorch CUDA fp32"), ("ort-cuda-fp16", "ORT CUDA fp16"))
@@ -98,68 +108,124 @@ def _parity(data: dict, modality: str, precision: str) -> dict | None:
 
 
 # -- targets -------------------------------------------------------------------------------------
+def _vnni(data: dict) -> bool:
+    flags = set((((data.get("manga_music") or {}).get("machine") or {}).get("cpu_flags")) or [])
+    return bool(flags & VNNI_FLAGS)
+
+
+def _status(value: float | None, goal: float, higher_is_better: bool, unit: str = "x") -> str:
+    if value is None:
+        return "NOT MEASURED"
+    ok = value >= goal if higher_is_better else value <= goal
+    if ok:
+        return "MET"
+    if higher_is_better:
+        return f"MISSED: {value / goal:.0%} of the goal (needs {goal / value:.2f}x more)" if value > 0 else "MISSED"
+    return f"MISSED: {value / goal - 1:.0%} over ({value:.3g}{unit} for {goal:g}{unit})"
+
+
 def targets(data: dict) -> list[dict]:
     """One row per target: what, goal, measured, MET/MISSED/NOT MEASURED with by how much."""
     rows = []
     table = encoder_table(data)
+    vnni = _vnni(data)
     for modality, seconds, goal in SPEED_TARGETS:
+        if goal is None:
+            goal = IMAGE_GOAL_VNNI if vnni else IMAGE_GOAL_AVX2
         key = (modality, 1, seconds)
         r = ratio(_median(table, key, "torch-cpu-fp32"), _median(table, key, "ort-cpu-int8"))
         # The ratio of the fastest rounds: the least touched by other processes, so a
         # second opinion when the machine was busy.
         r_min = ratio(_stat(table, key, "torch-cpu-fp32", "min"), _stat(table, key, "ort-cpu-int8", "min"))
         what = f"{modality}{'' if seconds is None else f' ({seconds:g} s)'} encoder: ORT int8 vs PyTorch eager fp32, batch 1"
+        if modality == "image":
+            what += f" ({'AVX-512 VNNI / AMX' if vnni else 'no VNNI'} CPU)"
         row = {"target": what, "goal": f"≥ {goal:g}x", "measured": fmt_x(r)}
         par = _parity(data, modality, "int8")
         par_note = ("parity not recorded in the bundle" if par is None else
                     f"parity cos mean {par['mean_cosine']:.4f}, min {par['min_cosine']:.4f} ({par.get('target', '')}): "
                     f"{'passed' if par.get('passed') else 'FAILED'}")
-        misses = []
-        if r is not None and r < goal:
-            misses.append(f"{r / goal:.0%} of the goal; int8 needs {goal / r:.2f}x more speed")
+        status = _status(r, goal, True)
         if par is not None and not par.get("passed"):
-            misses.append("int8 parity target failed")
-        if r is None:
-            row["status"] = "NOT MEASURED" + (f" ({misses[0]})" if misses else "")
-        else:
-            row["status"] = "MISSED: " + "; ".join(misses) if misses else "MET"
+            status = (status + "; " if status != "MET" else "MISSED: ") + "int8 parity target failed"
+        row["status"] = status
         row["note"] = (f"ratio of fastest rounds {fmt_x(r_min)}; " if r_min is not None else "") + par_note
         rows.append(row)
 
-    e2e = {(int(i["tracks"]), i["index"]): float(s["median"]) for i, s in _rows(data, "e2e")}
-    t = e2e.get((E2E_TRACKS, "exact"))
-    row = {"target": f"one page -> top-10 of {E2E_TRACKS:,} tracks, end to end (exact search)",
-           "goal": f"< {E2E_TARGET_S * 1e3:.0f} ms", "measured": "—" if t is None else f"{t * 1e3:.1f} ms", "note": ""}
-    if t is None:
-        row["status"] = "NOT MEASURED"
-    elif t < E2E_TARGET_S:
-        row["status"] = "MET"
-    else:
-        row["status"] = f"MISSED: {(t - E2E_TARGET_S) * 1e3:.1f} ms ({t / E2E_TARGET_S - 1:.0%}) over"
-    ph = next((i.get("phases_s") for i, _ in _rows(data, "e2e")
-               if int(i["tracks"]) == E2E_TRACKS and i["index"] == "exact"), None)
-    if ph:
-        row["note"] = ("steps: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in ph.items()))
+    cut = {(int(i["batch"]), i["feed"]): (i, float(s["median"])) for i, s in _rows(data, "text_length")}
+    for batch in sorted({b for b, _ in cut}):
+        full, short = cut.get((batch, "77 positions")), cut.get((batch, "cut after the end token"))
+        r = None if not full or not short else full[1] / short[1]
+        cos = None if not short else short[0].get("cosine_vs_77_min_fp32")
+        row = {"target": f"text, {batch} label prompt{'s' if batch > 1 else ''}: cut after the end token vs 77 "
+                         "positions (int8)", "goal": f"≥ {TEXT_CUT_SPEEDUP:g}x, cosine ≥ {TEXT_CUT_COSINE}",
+               "measured": f"{fmt_x(r)}, cosine {'—' if cos is None else f'{cos:.7f}'}",
+               "status": _status(r, TEXT_CUT_SPEEDUP, True)}
+        if cos is not None and cos < TEXT_CUT_COSINE:
+            row["status"] = (row["status"] + "; " if row["status"] != "MET" else "MISSED: ") + "cosine below the goal"
+        row["note"] = ("" if not short else f"{short[0].get('positions')} of 77 positions; int8 cosine "
+                       f"{short[0].get('cosine_vs_77_min', float('nan')):.6f} (dynamic quantisation ranges follow "
+                       "the positions present)")
+        rows.append(row)
+
+    e2e = {(int(i["tracks"]), i["index"]): (i, float(s["median"])) for i, s in _rows(data, "e2e")}
+    enc = _median(table, ("image", 1, None), "ort-cpu-int8")
+    best = next((e2e[k] for k in ((E2E_TRACKS, "exact"), (E2E_TRACKS, "library")) if k in e2e), None)
+    r = None if best is None or not enc else best[1] / enc
+    row = {"target": f"one page -> top-10 of {E2E_TRACKS:,} tracks, end to end, over the int8 image encoder alone",
+           "goal": f"≤ {E2E_OVER_ENCODER:g}x", "measured": "—" if r is None else f"{r:.2f}x ({best[1] * 1e3:.1f} ms)",
+           "status": _status(r, E2E_OVER_ENCODER, False, "x"), "note": ""}
+    if best and best[0].get("phases_s"):
+        row["note"] = "steps: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in best[0]["phases_s"].items())
+    rows.append(row)
+    small, large = e2e.get((E2E_TRACKS, "library")), e2e.get((E2E_LARGE, "library"))
+    r = None if not small or not large else large[1] / small[1]
+    ann = (large[0].get("ann") if large else None) or {}
+    recall = ann.get("recall_at_10")
+    row = {"target": f"{E2E_LARGE:,} tracks (index built at index time) over {E2E_TRACKS:,}",
+           "goal": f"≤ {E2E_LARGE_OVER:g}x, recall@10 ≥ {ANN_RECALL}",
+           "measured": f"{'—' if r is None else f'{r:.2f}x'}, recall {'—' if recall is None else f'{recall:.3f}'}",
+           "status": _status(r, E2E_LARGE_OVER, False, "x"),
+           "note": "approximate index in use" if ann.get("used") else ("no approximate index (faiss not installed?)"
+                                                                       if large else "")}
+    if recall is not None and recall < ANN_RECALL:
+        row["status"] = (row["status"] + "; " if row["status"] != "MET" else "MISSED: ") + "recall below the goal"
     rows.append(row)
 
-    x = index_speed(data)
-    row = {"target": "indexing speed (int8, 2 threads)", "goal": f"≥ {INDEX_TARGET_X:g}x real time",
-           "measured": "—" if x is None else f"{x:.1f}x", "note": ""}
-    if x is None:
-        row["status"] = "NOT MEASURED"
-    elif x >= INDEX_TARGET_X:
-        row["status"] = "MET"
-    else:
-        row["status"] = f"MISSED: {x / INDEX_TARGET_X:.0%} of the goal; needs {INDEX_TARGET_X / x:.2f}x faster"
-    rows.append(row)
+    speeds = index_speeds(data)
+    new, old = speeds.get("one-pass + read-ahead"), speeds.get("per-window")
+    r = None if new is None or old is None else new / old
+    rows.append({"target": "indexing: the shipped indexer over the per-window one (int8, same run)",
+                 "goal": f"≥ {INDEX_SPEEDUP:g}x", "measured": fmt_x(r), "status": _status(r, INDEX_SPEEDUP, True),
+                 "note": "" if old is None else f"per-window {old:.1f}x real time"})
+    goal = INDEX_TARGET_VNNI if vnni else INDEX_TARGET_AVX2
+    rows.append({"target": f"indexing speed ({'VNNI' if vnni else 'no VNNI'} CPU, int8, 2 threads)",
+                 "goal": f"≥ {goal:g}x real time", "measured": "—" if new is None else f"{new:.1f}x",
+                 "status": _status(new, goal, True), "note": ""})
+    agree = next((i for i, _ in _rows(data, "span_agreement")), None)
+    m = None if agree is None else agree.get("mean")
+    rows.append({"target": "one-pass vs per-window window embeddings on real music (wesnoth)",
+                 "goal": f"mean cosine ≥ {SPAN_AGREEMENT}", "measured": "—" if m is None else f"{m:.4f}",
+                 "status": _status(m, SPAN_AGREEMENT, True),
+                 "note": "" if agree is None else f"min {agree.get('min', float('nan')):.4f} over "
+                                                  f"{agree.get('windows')} windows; below the goal the indexer "
+                                                  "falls back to per-window track by track"})
+    cold = next(((i, float(s["median"])) for i, s in _rows(data, "cold_start")), None)
+    rows.append({"target": f"cold start: new process, load bundle, first page, {E2E_TRACKS:,} tracks",
+                 "goal": f"≤ {COLD_START_S:g} s", "measured": "—" if cold is None else f"{cold[1]:.2f} s",
+                 "status": _status(None if cold is None else cold[1], COLD_START_S, False, " s"),
+                 "note": "" if cold is None else f"with an empty cache (first start ever): "
+                                                 f"{cold[0].get('empty_cache_total_s', float('nan')):.2f} s in the process"})
     return rows
 
 
-def index_speed(data: dict) -> float | None:
+def index_speeds(data: dict) -> dict[str, float]:
+    """x real time per indexing path."""
+    out = {}
     for info, stats in _rows(data, "index"):
         if info.get("audio_seconds"):
-            return float(info["audio_seconds"]) / float(stats["median"])
-    return None
+            out[info.get("path", "one-pass + read-ahead")] = float(info["audio_seconds"]) / float(stats["median"])
+    return out
 
 
 # -- rendering -------------------------------------------------------------------------------------
@@ -180,12 +246,13 @@ def _machine_lines(data: dict) -> list[str]:
         f"- **Software**: Python {v.get('python')}, onnxruntime {v.get('onnxruntime')} "
         f"({', '.join(p.replace('ExecutionProvider', '') for p in v.get('ort_providers') or [])}), "
         f"torch {v.get('torch') or 'not installed'}, numpy {v.get('numpy')}, onnx {v.get('onnx')}",
-        f"- **Threads**: {m.get('threads')} (torch.set_num_threads, ORT intra-op); "
+        f"- **Threads**: {m.get('threads')} (torch.set_num_threads, ORT intra-op), ORT spinning "
+        f"{'on' if m.get('spinning') else 'off'}; "
         f"load average (1/5/15 min) at start {m.get('load_start')}, at end {m.get('load_end')}",
     ]
     if b:
-        methods = sorted({f"{e['modality']} {e['method']}" for e in b.get("encoders", [])
-                          if e.get("precision") == "int8" and e.get("method")})
+        methods = sorted({f"{e['modality']}{' ' + e['part'] if e.get('part') else ''} {e['method']}"
+                          for e in b.get("encoders", []) if e.get("precision") == "int8" and e.get("method")})
         lines.append(f"- **Bundle**: {b.get('size')} size, `{b.get('model')}` (fingerprint {str(b.get('fingerprint'))[:12]}), "
                      f"{b.get('source')}")
         if methods:
@@ -267,11 +334,13 @@ def render_markdown(data: dict) -> str:
     idx = list(_rows(data, "index"))
     if idx:
         out += ["", "## Index throughput (int8, 2 threads)", "",
-                "| tracks | audio s | windows | median wall s | x real time |", "|---|---|---|---|---|"]
+                "| path | tracks | audio s | windows | median wall s | x real time | tracks one-pass |",
+                "|---|---|---|---|---|---|---|"]
         for info, st in idx:
             x = (info.get("audio_seconds") or 0) / float(st["median"])
-            out.append(f"| {info['tracks']} x {info['track_seconds']:g} s | {info.get('audio_seconds', 0):.0f} | "
-                       f"{info.get('windows', '?')} | {float(st['median']):.2f} | {x:.1f}x |")
+            out.append(f"| {info.get('path', '?')} | {info['tracks']} x {info['track_seconds']:g} s | "
+                       f"{info.get('audio_seconds', 0):.0f} | {info.get('windows', '?')} | {float(st['median']):.2f} | "
+                       f"{x:.1f}x | {info.get('one_pass_tracks', '—')} |")
 
     cold = list(_rows(data, "cold_start"))
     if cold:

@@ -67,6 +67,37 @@ def _release_sessions(encoders):
     encoders.release()
 
 
+LABEL_CASES = [("one label prompt", 1), ("all 19 label prompts", 19)]
+
+
+@pytest.mark.parametrize("feed", ["77 positions", "cut after the end token"])
+@pytest.mark.parametrize("what,batch", LABEL_CASES, ids=[f"b{b}" for _, b in LABEL_CASES])
+def test_text_label_prompts(benchmark, encoders, bench_bundle, bench_bundle_manifest, what, batch, feed):
+    """Issue 12: the text graph run only up to the batch's last end token, against the same
+    int8 graph fed all 77 positions (how the runtime fed it before), on the label prompts;
+    the cosine between the two is recorded beside the time."""
+    import numpy as np
+
+    from runtime.labels import GENRE_LABELS, MOOD_LABELS
+
+    enc = encoders.get("int8")
+    texts = (list(MOOD_LABELS.prompts()) + list(GENRE_LABELS.prompts()))[:batch]
+    tokens = enc.tokenizer(texts)
+    session = enc.encoder("text")
+    cut = enc._trim(session, tokens)
+    x = tokens if feed == "77 positions" else cut
+    benchmark.group = f"text, {what}"
+    measure(benchmark, lambda: session.run(x), budget_s=3.0, min_rounds=5, max_rounds=50, kind="text_length",
+            batch=batch, feed=feed, positions=int(x.shape[1]), precision="int8", bundle_size=bench_bundle.size)
+    a, b = session.run(tokens), session.run(cut)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    benchmark.extra_info["cosine_vs_77_min"] = float(cos.min())
+    fp32 = encoders.get("fp32").encoder("text")
+    a, b = fp32.run(tokens), fp32.run(cut)
+    benchmark.extra_info["cosine_vs_77_min_fp32"] = float(((a * b).sum(1) / (np.linalg.norm(a, axis=1)
+                                                                              * np.linalg.norm(b, axis=1))).min())
+
+
 @pytest.mark.parametrize("modality,batch,seconds,backend,device,precision", PARAMS, ids=IDS)
 def test_encoder(benchmark, request, bench_bundle, modality, batch, seconds, backend, device, precision):
     if backend == "torch":
