@@ -8,6 +8,9 @@ any of this. Whatever ``embed_file`` raises for one file becomes that file's fai
 record with a one-line reason, and the build goes on; a file with nothing audible becomes a
 'silent' record (listed, never ranked).
 
+An ``embed_file`` with a ``plan(paths)`` method is told, before the first call, every file
+it may be asked for, in order (the Ray engine starts its cluster-wide pipeline with it).
+
 Progress is committed every ``commit_every`` files or ``commit_seconds`` seconds: the
 records so far are written as a segment and named in the build journal (``build.json``).
 A build killed at any instant leaves ``CURRENT`` naming the previous, complete generation;
@@ -364,6 +367,11 @@ def _build(run: BuildRun, src: Path, files: list[Path], problems, base, base_nam
         last_commit = time.monotonic()
 
     first_failure = None
+    plan = getattr(embed, "plan", None)
+    if plan is not None:
+        # An embedder that works elsewhere (ray_engine.py) starts on every file it may be
+        # asked for; it then answers embed(path) in this order.
+        plan([t.path for t in todo])
     try:
         for done, t in enumerate(todo, 1):
             rec, outcome, reuse = _process(t, embed, on_file, ok_by_sha, run.kind, stats)
