@@ -31,7 +31,9 @@ def build_parser() -> Parser:
                "built with another bundle) with one line on stderr; --debug shows the traceback.")
     p.add_argument("pages", nargs="*", metavar="PAGE", help="manga page images (any format Pillow reads)")
     p.add_argument("--library", metavar="L", default=None,
-                   help="music library built by `python -m runtime.index` (default: the demo library)")
+                   help="music library built by `python -m runtime.index` (default: the demo library), or a "
+                        "collection published by `python -m runtime.publish`: qdrant://HOST:PORT/NAME, "
+                        "qdrant+local://DIR/NAME")
     p.add_argument("--bundle", metavar="B", default=None, help="model bundle folder (default: the shipped one)")
     p.add_argument("--top-k", type=positive_int, default=10, metavar="K", help="tracks per query (default: 10)")
     p.add_argument("--json", action="store_true", help="print a JSON list of results instead of text")
