@@ -57,8 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def progress(done: int, total: int) -> None:
         if not bars:
-            bars.append(Progress(total, "publishing", unit="request", enabled=False if args.quiet else None))
-        bars[0].update(1)
+            bars.append(Progress(total, "publishing", unit="track", enabled=False if args.quiet else None))
+        bars[0].update(done - bars[0].n)
 
     try:
         report = publish_library(args.library, args.qdrant, args.collection, batch_points=args.batch_size or BATCH_POINTS,
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.quiet:
         print(f"{args.library} -> {report.target}: {report.tracks} tracks ({report.upserted} upserted, "
               f"{report.recentred} re-centred, {report.deleted} deleted, {report.unchanged} unchanged) in "
-              f"{report.requests} requests, {report.seconds:.1f} s")
+              f"{report.requests} write requests, {report.seconds:.1f} s")
         if report.recall_at_10 is not None:
             print(f"recall@10 against exact search of the library: {report.recall_at_10:.3f} "
                   f"({report.recall_queries} queries)")

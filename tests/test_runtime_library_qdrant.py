@@ -129,8 +129,10 @@ def test_publishing_is_idempotent_and_writes_only_what_changed(music, enc, tmp_p
     lib_dir = tmp_path / "lib"
     build_library(music, lib_dir, enc, progress=False)
     url = local_url(tmp_path / "store")
-    first = publish_library(lib_dir, url, batch_points=2, recall_queries=0)
+    calls = []
+    first = publish_library(lib_dir, url, batch_points=2, recall_queries=0, progress=lambda *a: calls.append(a))
     assert (first.upserted, first.requests) == (5, 3 + 1)  # 5 tracks, 2 per request, then the facts
+    assert calls == [(2, 6), (4, 6), (5, 6), (6, 6)]  # tracks written (+ the facts), after each request
     again = publish_library(lib_dir, url, recall_queries=0)
     assert (again.upserted, again.recentred, again.deleted, again.unchanged) == (0, 0, 0, 5)
     # One track gone, one added: those two written, the centre moved so the rest re-centred.

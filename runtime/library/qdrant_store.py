@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 import os
 import time
 import uuid
@@ -299,7 +298,7 @@ def publish_library(library, url: str, collection: str | None = None, *, batch_p
     of ``library`` (a folder or an open ``Library``), writing only what differs; then, with
     ``recall_queries`` > 0, measure recall@10 of the collection's search against the
     library's exact search. ``recreate``: drop the collection first (needed to replace one
-    built with another bundle). ``progress(done, total)`` after each write request.
+    built with another bundle). ``progress(done, total)``: tracks written so far, after each request.
     """
     from .reader import Library
 
@@ -344,19 +343,19 @@ def _publish(client, target: Target, lib, batch_points: int, recreate: bool, rec
     same = [t for pid, t in wanted.items() if pid not in changed_ids] if moved else []
     gone = [pid for pid in existing if pid not in wanted]
 
-    upserts = list(_batches((_point(lib, t, centre, fingerprint) for t in changed), batch_points, BATCH_FLOATS))
-    total = len(upserts) + math.ceil(len(same) / batch_points) + math.ceil(len(gone) / 1024) + 1
-    done = 0
+    # Points are made a batch at a time (never all: a million tracks' windows as lists of
+    # floats would not fit in memory); progress counts tracks written, requests are counted.
+    total, done, requests = len(changed) + len(same) + len(gone) + 1, 0, 0
 
-    def sent() -> None:
-        nonlocal done
-        done += 1
+    def sent(n: int) -> None:
+        nonlocal done, requests
+        done, requests = done + n, requests + 1
         if progress is not None:
             progress(done, total)
 
-    for batch in upserts:
+    for batch in _batches((_point(lib, t, centre, fingerprint) for t in changed), batch_points, BATCH_FLOATS):
         client.upsert(target.collection, points=batch, wait=True)
-        sent()
+        sent(len(batch))
     for lo in range(0, len(same), batch_points):
         chunk = same[lo:lo + batch_points]
         if centre is None:  # the library has no centre any more: the points must not keep a stale one
@@ -368,18 +367,20 @@ def _publish(client, target: Target, lib, batch_points: int, recreate: bool, rec
             client.update_vectors(target.collection, points=[
                 m.PointVectors(id=point_id(t.relpath), vector={CENTRED: r.tolist()}) for t, r in zip(chunk, rows)],
                 wait=True)
-        sent()
+        sent(len(chunk))
     for lo in range(0, len(gone), 1024):
         client.delete(target.collection, points_selector=m.PointIdsList(points=gone[lo:lo + 1024]), wait=True)
-        sent()
+        sent(len(gone[lo:lo + 1024]))
     new_facts = _facts(lib, centre, len(tracks))
     if facts is None or {k: v for k, v in facts.items() if k != "updated"} != \
             {k: v for k, v in new_facts.items() if k != "updated"}:
         client.upsert(target.collection, points=[m.PointStruct(id=META_ID, vector={}, payload=new_facts)], wait=True)
-    sent()
+        requests += 1
+    if progress is not None:
+        progress(total, total)
     recall = measure_recall(client, target, lib, recall_queries) if recall_queries > 0 and tracks else None
     return PublishReport(str(target), len(tracks), len(changed), len(same), len(gone),
-                         len(tracks) - len(changed) - len(same), done, time.monotonic() - t0, recall,
+                         len(tracks) - len(changed) - len(same), requests, time.monotonic() - t0, recall,
                          recall_queries if recall is not None else 0)
 
 
@@ -387,10 +388,12 @@ def measure_recall(client, target: Target, lib, n: int = 200, k: int = 10) -> fl
     """Mean share of the library's exact top-k that the collection's search also returns,
     over ``n`` queries near and far from the library's tracks (``recall_queries``)."""
     from .qdrant_reader import QdrantLibrary
-    from .search_index import recall_queries
+    from .search_index import SegmentedIndex, recall_queries
 
-    queries = recall_queries(lib.index, n)
-    exact = lib.index.search(queries, k).ids
+    # Exact even where the library would search through its approximate (FAISS) indexes.
+    index = SegmentedIndex(lib.index_parts(with_ann=False), lib.meta.embed_dim, lib.centre)
+    queries = recall_queries(index, n)
+    exact = index.search(queries, k).ids
     store = QdrantLibrary(target, client, read_facts(client, target), close_client=False)
     got = store.search_paths(queries, k)
     rel = [[lib.track(int(r)).relpath for r in row if r >= 0] for row in exact]

@@ -123,8 +123,10 @@ class Library:
             raise LibraryError(
                 f"{self.dir} was built with another bundle ({self.meta.model_name}, "
                 f"{self.meta.bundle_fingerprint[:12]}) than the one in use ({bundle.manifest.model.name}, "
-                f"{bundle.fingerprint[:12]}); its embeddings are not comparable. Rebuild it: "
-                f"python -m runtime.index {self.meta.root} --out {self.dir} --bundle {bundle.dir} --rebuild")
+                f"{bundle.fingerprint[:12]}); its embeddings are not comparable. {self._rebuild_hint(bundle)}")
+
+    def _rebuild_hint(self, bundle) -> str:
+        return f"Rebuild it: python -m runtime.index {self.meta.root} --out {self.dir} --bundle {bundle.dir} --rebuild"
 
     def close(self) -> None:
         for s in self.segments:
