@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from .cli import Parser, Progress, add_common_options, positive_int, run_main
+from .cli import Parser, Progress, positive_int, run_main
 
 PROG = "python -m runtime.publish"
 
@@ -44,7 +44,7 @@ def build_parser() -> Parser:
                    help="queries for measuring recall@10 against exact local search after publishing "
                         "(0: skip; default: 200)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
-    add_common_options(p)
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return p
 
 

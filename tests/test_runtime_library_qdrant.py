@@ -186,6 +186,10 @@ def test_what_a_collection_cannot_do_is_refused_clearly(world, published):  # no
     with open_library(published) as lib:
         with pytest.raises(LibraryError, match="chapter soundtrack"):
             lib.scores(np.zeros((1, rf.EMBED_DIM), np.float32))
+        from runtime.soundtrack._catalogue import Catalogue
+
+        with pytest.raises(LibraryError, match="chapter soundtrack"):
+            Catalogue.from_library(lib)
         with pytest.raises(LibraryError, match="no track at row 99"):
             lib.track(99)
     with pytest.raises(LibraryError, match="no Qdrant storage folder"):

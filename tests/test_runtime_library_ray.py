@@ -137,6 +137,15 @@ def test_ray_build_equals_the_local_build(cluster, music_with_bad_files, local_l
     assert max(len(b) for b in log.batches()) == 2
 
 
+def test_a_pages_index_built_on_ray_equals_the_local_one(cluster, world, enc, tmp_path):  # noqa: F811
+    report = build_library_ray(world.pages_dir, tmp_path / "pages", enc, kind="pages", progress=False, workers=2)
+    assert report.kind == "pages" and report.tracks == len(world.pages)
+    with Library.open(world.pages_index) as a, Library.open(tmp_path / "pages") as b:
+        assert [t.relpath for t in a.all_tracks()] == [t.relpath for t in b.all_tracks()]
+        np.testing.assert_allclose(a.pooled_matrix(), b.pooled_matrix(), atol=1e-6)
+        assert [t.genres for t in a.all_tracks()] == [t.genres for t in b.all_tracks()]
+
+
 def test_a_worker_killed_mid_run_loses_only_its_batch(cluster, music_with_bad_files, local_library, enc, tmp_path):
     hook = KillWorker(tmp_path / "batches.log", victim="chirp.ogg")
     report = build_library_ray(music_with_bad_files, tmp_path / "lib", enc, progress=False, workers=2,

@@ -223,9 +223,13 @@ class QdrantLibrary:
     def silent(self) -> list:
         return []
 
-    def scores(self, queries, correct: bool = True, rows=None):
+    def _local_only(self, *args, **kwargs):
         raise LibraryError(f"{self.dir}: a Qdrant collection answers top-k searches (runtime.query); scoring every "
                            f"track (the chapter soundtrack) needs the local library it was published from")
+
+    # What only a local library has: the chapter soundtrack reads these first.
+    scores = _local_only
+    generation = property(_local_only)
 
 
 __all__ = ["QdrantLibrary", "is_qdrant_url"]
