@@ -127,6 +127,18 @@ def measure(benchmark, fn: Callable[[], Any], *, budget_s: float = 2.0, min_roun
     return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
 
 
+def median_seconds(fn: Callable[[], Any], n: int = 5) -> float:
+    """Median wall seconds of ``n`` calls of ``fn`` (a step timed beside a benchmark)."""
+    import statistics
+
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
 # -- the bundle --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BenchBundle:
@@ -385,6 +397,22 @@ def synthetic_music(rng: np.random.Generator, seconds: float, sample_rate: int) 
     beat = np.exp(-30 * (t % 0.5)) * np.sin(2 * np.pi * 60 * t)
     x = 0.25 * x + 0.4 * beat + 0.02 * rng.standard_normal(n)
     return (0.8 * x / np.max(np.abs(x))).astype(np.float32)
+
+
+def synthetic_music_dir(n_tracks: int, seconds: float, sample_rate: int) -> Path:
+    """A folder of ``n_tracks`` generated clips (16-bit WAV), cached under .cache/benchmarks/."""
+    import soundfile as sf
+
+    folder = CACHE / f"music-{n_tracks}x{seconds:g}s-{sample_rate}-v{DATA_VERSION}"
+    if not folder.is_dir():
+        tmp = CACHE / f".tmp-{folder.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for i in range(n_tracks):
+            x = synthetic_music(np.random.default_rng(100 + i), seconds, sample_rate)
+            sf.write(str(tmp / f"track{i}.wav"), x, sample_rate, subtype="PCM_16")
+        os.replace(tmp, folder)
+    return folder
 
 
 class Inputs:

@@ -342,6 +342,8 @@ def render_markdown(data: dict) -> str:
                        f"{info.get('audio_seconds', 0):.0f} | {info.get('windows', '?')} | {float(st['median']):.2f} | "
                        f"{x:.1f}x | {info.get('one_pass_tracks', '—')} |")
 
+    out += scale_section(data)
+
     cold = list(_rows(data, "cold_start"))
     if cold:
         out += ["", "## Cold start (new process, median s)", "",
@@ -361,6 +363,45 @@ def render_markdown(data: dict) -> str:
             out.append(f"| {info['tracks']:,} | {_mb(info.get('peak_rss'))} | {_mb(info.get('rss_end'))} | "
                        f"{_mb(info.get('rss_anon_end'))} | {_mb(info.get('rss_file_end'))} |")
     return "\n".join(out) + "\n"
+
+
+def scale_section(data: dict) -> list[str]:
+    """Issue 16: indexing throughput vs Ray workers (and the ratio), and query latency of a
+    library served locally vs from Qdrant's embedded mode."""
+    out = []
+    ray = sorted(_rows(data, "ray_index"), key=lambda r: r[0]["workers"])
+    if ray:
+        def x(info, st, startup: bool) -> float:
+            wall = float(st["median"]) - (0.0 if startup else float(info.get("startup_s") or 0.0))
+            return (info.get("audio_seconds") or 0) / max(wall, 1e-9)
+
+        base = {k: x(i, s, k) for i, s in ray if int(i["workers"]) == 1 for k in (True, False)}
+        out += ["", "## Indexing on a local Ray cluster (int8, 1 thread per worker)", "",
+                "Startup: until the first batch starts (pipeline, workers, their sessions); the throughput "
+                "after it is what a long run approaches.", "",
+                "| workers | cluster CPUs | tracks | audio s | median wall s | of which startup | x real time "
+                "| vs 1 worker | after startup | vs 1 worker | rounds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for info, st in ray:
+            a, b = x(info, st, True), x(info, st, False)
+            vs = lambda v, k: "—" if not base.get(k) else f"{v / base[k]:.2f}x"  # noqa: E731
+            out.append(f"| {int(info['workers'])} | {info.get('cluster_cpus', '?')} | {info['tracks']} x "
+                       f"{info['track_seconds']:g} s | {info.get('audio_seconds', 0):.0f} | {float(st['median']):.2f} | "
+                       f"{float(info.get('startup_s') or 0):.2f} | {a:.1f}x | {vs(a, True)} | {b:.1f}x | "
+                       f"{vs(b, False)} | {st['rounds']} |")
+    store = sorted(_rows(data, "store_query"), key=lambda r: (int(r[0]["tracks"]), r[0]["backend"]))
+    if store:
+        out += ["", "## One query, local library vs Qdrant embedded mode (median ms)", "",
+                "Search plus each hit's record and best window (`Retriever.search_tracks`, top-10, one query "
+                "embedding); search only is the index's `search` alone. Recall@10 of the collection against "
+                "exact local search, as `publish_library` measured it (200 queries).", "",
+                "| tracks | backend | search + hits | search only | recall@10 | publish s | rounds |",
+                "|---|---|---|---|---|---|---|"]
+        for info, st in store:
+            rec, pub = info.get("recall_at_10"), info.get("publish_s")
+            out.append(f"| {int(info['tracks']):,} | {info['backend']} | {fmt_ms(float(st['median']))} | "
+                       f"{fmt_ms(info.get('search_only_s'))} | {'—' if rec is None else f'{rec:.3f}'} | "
+                       f"{'—' if pub is None else f'{pub:.1f}'} | {st['rounds']} |")
+    return out
 
 
 # -- writing -----------------------------------------------------------------------------------------

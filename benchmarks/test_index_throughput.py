@@ -4,7 +4,7 @@ time on AVX2 / >= 80x on AVX-512 VNNI).
 
 ``runtime.library.build_library`` indexes a folder of generated 90 s tracks (44.1 kHz
 16-bit WAV) with the int8 audio encoder on 2 threads, from scratch each round
-(``rebuild=True``): decoding, windowing (5 s windows, 2.5 s hop), embedding, tagging and
+(a new library folder): decoding, windowing (5 s windows, 2.5 s hop), embedding, tagging and
 the atomic write of the library, i.e. everything ``python -m runtime.index`` does.
 
 - ``one-pass + read-ahead`` (what ships): the audio trunk runs once per 60 s chunk of a
@@ -19,10 +19,6 @@ the README quotes.
 """
 from __future__ import annotations
 
-import os
-import shutil
-
-import numpy as np
 import pytest
 
 from benchmarks.conftest import CACHE, DATA_VERSION, SPINNING, THREADS, measure, synthetic_music
@@ -34,19 +30,7 @@ PATHS = ("one-pass + read-ahead", "per-window")
 
 @pytest.fixture(scope="module")
 def music_dir(bench_bundle_manifest):
-    import soundfile as sf
-
-    sr = bench_bundle_manifest.audio.sample_rate
-    folder = CACHE / f"music-{N_TRACKS}x{TRACK_SECONDS:g}s-{sr}-v{DATA_VERSION}"
-    if not folder.is_dir():
-        tmp = CACHE / f".tmp-{folder.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for i in range(N_TRACKS):
-            x = synthetic_music(np.random.default_rng(100 + i), TRACK_SECONDS, sr)
-            sf.write(str(tmp / f"track{i}.wav"), x, sr, subtype="PCM_16")
-        os.replace(tmp, folder)
-    return folder
+    return synthetic_music_dir(N_TRACKS, TRACK_SECONDS, bench_bundle_manifest.audio.sample_rate)
 
 
 def _encoders(bench_bundle, span: bool):

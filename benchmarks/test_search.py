@@ -12,13 +12,11 @@ variants run when faiss imports, up to ``--mm-faiss-max-tracks``.
 """
 from __future__ import annotations
 
-import statistics
-import time
 
 import numpy as np
 import pytest
 
-from benchmarks.conftest import LIBRARY_SIZES, THREADS, measure, windows_per_track
+from benchmarks.conftest import LIBRARY_SIZES, THREADS, measure, median_seconds, windows_per_track
 
 # exact: one float32 product over the pooled rows (pinned); library: what the runtime
 # uses for the library as stored (exact below FAISS_THRESHOLD, the approximate index built
@@ -106,12 +104,7 @@ def phases(r, page_path, n: int = 5) -> dict[str, float]:
     emb = r.encoders.embed_images([page_path])
 
     def med(fn):
-        ts = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
+        return median_seconds(fn, n)
 
     search = med(lambda: r.library.index.search(emb, 10))
     return {"preprocess": med(lambda: preprocess_image(page_path, cfg)), "encoder": med(lambda: enc.run(x)),

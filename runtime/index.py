@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .cli import Parser, Progress, UsageError, add_common_options, encoder_options, run_main, shown_path
+from .cli import (Parser, Progress, UsageError, add_common_options, encoder_options, positive_int, run_main,
+                  shown_path)
 from .library import KINDS
 
 PROG = "python -m runtime.index"
@@ -51,14 +52,34 @@ def build_parser() -> Parser:
                         "embedding of its tracks and ranks each track by its direction away from it, so that no "
                         "track comes first for most pages (see the README, 'Hubs')")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    # Issue 16: the same build with the embedding on a Ray cluster (runtime/library/ray_engine.py).
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where files are embedded: 'local' (this process, default) or 'ray' (Ray Data workers, one "
+                        "ONNX Runtime session each, --threads threads each; needs pip install 'manga-music[ray]'; "
+                        "every worker must read MUSIC_DIR and the bundle at the same paths)")
+    p.add_argument("--address", metavar="ADDR", default=None,
+                   help="with --engine ray: the cluster, 'auto' (the one running on this machine) or "
+                        "ray://HOST:10001 (default: start a local Ray on this machine's cores)")
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="with --engine ray: embedding workers (default: the cluster's CPUs / --threads)")
     add_common_options(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.engine != "ray" and (args.address or args.workers):
+        raise UsageError("--address and --workers are options of --engine ray")
     from .encoders import Encoders
     from .library import build_library
+
+    build = build_library
+    if args.engine == "ray":  # imported only when asked for: the local engine never loads Ray
+        from functools import partial
+
+        from .library.ray_engine import build_library_ray
+
+        build = partial(build_library_ray, address=args.address, workers=args.workers)
 
     out = Path(args.out) if args.out else Path(args.source) / DEFAULT_OUT_NAME
     if args.mode and args.kind != "pages":
@@ -79,8 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bar.start(Path(note).name)
 
     try:
-        report = build_library(args.source, out, encoders, kind=args.kind, mode=args.mode, rebuild=args.rebuild,
-                               progress=progress, hub_correction=not args.no_hub_correction)
+        report = build(args.source, out, encoders, kind=args.kind, mode=args.mode, rebuild=args.rebuild,
+                       progress=progress, hub_correction=not args.no_hub_correction)
     finally:
         for bar in bars:
             bar.close()

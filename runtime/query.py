@@ -48,7 +48,9 @@ def build_parser() -> Parser:
                "--bundle my-bundle`) and pass --bundle my-bundle --library LIBRARY.")
     p.add_argument("pages", nargs="*", metavar="PAGE", help="manga page images (any format Pillow reads)")
     p.add_argument("--library", metavar="L", default=None,
-                   help="music library built by `python -m runtime.index` (default: the demo library)")
+                   help="music library built by `python -m runtime.index` (default: the demo library), or a "
+                        "collection published by `python -m runtime.publish`: qdrant://HOST:PORT/NAME, "
+                        "qdrant+local://DIR/NAME")
     p.add_argument("--bundle", metavar="B", default=None, help="model bundle folder (default: the shipped one)")
     p.add_argument("--top-k", type=positive_int, default=10, metavar="K",
                    help="tracks (and pages, with --pages-index) per query (default: 10)")

@@ -35,6 +35,13 @@ whose rows are ``PageInfo`` pages rather than tracks.
 
 Building: ``build_library(MUSIC_DIR, LIBRARY, encoders)``; every file becomes a
 ``TrackEmbedding`` through one callable (``embed_file``, default ``default_embedder``).
+``ray_engine.build_library_ray`` is the same build with that callable served by Ray Data
+workers (``python -m runtime.index --engine ray``; optional extra ``[ray]``).
+
+Past one machine: ``qdrant_store.publish_library(LIBRARY, URL, NAME)`` publishes a music
+library to a Qdrant collection, and ``open_library("qdrant://HOST:PORT/NAME")`` (or
+``qdrant+local://DIR/NAME``) returns a ``qdrant_reader.QdrantLibrary`` that retrieval
+searches like a library (optional extra ``[qdrant]``).
 
 Stored paths are relative to the music root, checked to stay under it (no ``..``, no
 absolute or drive paths) when read; the root is stored both relative to the library

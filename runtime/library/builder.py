@@ -8,6 +8,9 @@ any of this. Whatever ``embed_file`` raises for one file becomes that file's fai
 record with a one-line reason, and the build goes on; a file with nothing audible becomes a
 'silent' record (listed, never ranked).
 
+An ``embed_file`` with a ``plan(paths)`` method is told, before the first call, every file
+it may be asked for, in order (the Ray engine starts its cluster-wide pipeline with it).
+
 Progress is committed every ``commit_every`` files or ``commit_seconds`` seconds: the
 records so far are written as a segment and named in the build journal (``build.json``).
 A build killed at any instant leaves ``CURRENT`` naming the previous, complete generation;
@@ -374,7 +377,9 @@ def _build(run: BuildRun, src: Path, files: list[Path], problems, base, base_nam
 
     first_failure = None
     plan = getattr(embed, "plan", None)
-    if plan is not None:  # an embedder that reads ahead (prefetch.py) learns the order
+    if plan is not None:
+        # An embedder that reads ahead (prefetch.py) or works elsewhere (ray_engine.py)
+        # learns the order of the files it may be asked for.
         plan([t.path for t in todo])
     try:
         for done, t in enumerate(todo):

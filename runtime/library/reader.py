@@ -123,8 +123,10 @@ class Library:
             raise LibraryError(
                 f"{self.dir} was built with another bundle ({self.meta.model_name}, "
                 f"{self.meta.bundle_fingerprint[:12]}) than the one in use ({bundle.manifest.model.name}, "
-                f"{bundle.fingerprint[:12]}); its embeddings are not comparable. Rebuild it: "
-                f"python -m runtime.index {self.meta.root} --out {self.dir} --bundle {bundle.dir} --rebuild")
+                f"{bundle.fingerprint[:12]}); its embeddings are not comparable. {self._rebuild_hint(bundle)}")
+
+    def _rebuild_hint(self, bundle) -> str:
+        return f"Rebuild it: python -m runtime.index {self.meta.root} --out {self.dir} --bundle {bundle.dir} --rebuild"
 
     def close(self) -> None:
         for s in self.segments:
@@ -312,8 +314,16 @@ class Library:
 
 def open_library(path: str | Path | Library | None = None, bundle=None) -> Library:
     """A ``Library`` from a path, an open ``Library``, or None (the shipped demo library),
-    checked against ``bundle`` when one is given."""
-    if isinstance(path, Library):
+    checked against ``bundle`` when one is given. A Qdrant URL (``qdrant://HOST:PORT/NAME``,
+    ``qdrant+local://DIR/NAME``) opens a published collection instead (``qdrant_reader.py``)."""
+    from .qdrant_store import is_qdrant_url
+
+    if is_qdrant_url(path):
+        from .qdrant_reader import QdrantLibrary
+
+        return QdrantLibrary.open(path, bundle=bundle)
+    if isinstance(path, Library) or (path is not None and not isinstance(path, (str, Path))
+                                     and hasattr(path, "check_bundle")):  # any open library, a QdrantLibrary too
         if bundle is not None:
             path.check_bundle(bundle)
         return path
