@@ -19,9 +19,10 @@ the README quotes.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from benchmarks.conftest import CACHE, DATA_VERSION, SPINNING, THREADS, measure, synthetic_music
+from benchmarks.conftest import SPINNING, THREADS, measure, synthetic_music_dir
 
 N_TRACKS = 4
 TRACK_SECONDS = 90.0
@@ -47,11 +48,11 @@ def test_index_throughput(benchmark, tmp_path, music_dir, bench_bundle, path):
     enc = _encoders(bench_bundle, span=one_pass)
     # The baseline also decodes in line: a plain embed_file, without the read-ahead.
     embed_file = None if one_pass else (lambda p: enc.embed_track(p))
-    out = tmp_path / "library"
     reports = []
 
     def build():
-        reports.append(build_library(music_dir, out, enc, rebuild=True, progress=False, embed_file=embed_file))
+        out = tmp_path / f"library{len(reports)}"
+        reports.append(build_library(music_dir, out, enc, progress=False, embed_file=embed_file))
 
     benchmark.group = "index throughput"
     measure(benchmark, build, budget_s=20.0, min_rounds=2, max_rounds=5, kind="index", path=path, tracks=N_TRACKS,

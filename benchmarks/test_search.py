@@ -12,7 +12,6 @@ variants run when faiss imports, up to ``--mm-faiss-max-tracks``.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
