@@ -62,7 +62,7 @@ def _extra_missing(cmd: str) -> bool:
 def test_readme_has_the_two_commands_and_ci_runs_the_second():
     cmds = readme_commands()
     assert cmds[0].startswith("pip install -e . && python -m runtime.query ")
-    assert cmds[1] == 'pip install -e ".[train,export,dev]" && python -m pytest -q'
+    assert cmds[1] == 'pip install -e ".[train,export,ann,ray,qdrant,dev]" && python -m pytest -q'
     assert cmds[1] in (REPO / ".ci" / "run").read_text()
 
 
