@@ -363,13 +363,13 @@ def folder_sets(folder: str | Path, image_cfg: ImagePreprocess, audio_cfg: Audio
         fallback = builtin_set(image_cfg, audio_cfg)
     src = []
     if images:
-        src.append(f"image: {folder} ({len(images)})")
+        src.append(f"image: {folder.name} ({len(images)})")
         image_arr = np.stack(images)
     else:
         notes.append(f"calibration: {folder} has no images; using the built-in pages")
         image_arr = fallback.images
     if clips:
-        src.append(f"audio: {folder} ({len(clips)})")
+        src.append(f"audio: {folder.name} ({len(clips)})")
         audio = tuple(clips)
     else:
         notes.append(f"calibration: {folder} has no audio; using the built-in clips")
@@ -396,5 +396,6 @@ def with_held_out(parity: InputSet, sets: FolderSets, folder: str | Path) -> Inp
     held-out files of replaced by them; ``source`` says which came from where."""
     images = parity.images if sets.held_out_images is None else sets.held_out_images
     audio = parity.audio if sets.held_out_audio is None else sets.held_out_audio
-    src = [f"{m}: {folder} ({n} held out)" for m, n in sets.held_out_counts.items() if n]
+    # The folder's name, not its path: the manifest travels, the exporting machine's paths do not.
+    src = [f"{m}: {Path(folder).name} ({n} held out)" for m, n in sets.held_out_counts.items() if n]
     return InputSet(images, parity.texts, parity.tokens, audio, "; ".join(src) or parity.source, parity.notes)
