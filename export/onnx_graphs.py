@@ -291,7 +291,8 @@ def io_specs(model: AudioCLIP, modality: str) -> tuple[tuple[TensorSpec, ...], t
         features = ("batch", c, f, "steps")
         if modality == "audio_head":
             return (TensorSpec("features", "float32", features),), (out,)
-        return (TensorSpec("waveform", "float32", ("batch", "samples")),), (TensorSpec("features", "float32", features),)
+        return ((TensorSpec("waveform", "float32", ("batch", "samples")),),
+                (TensorSpec("features", "float32", features),))
     else:
         inp = TensorSpec("waveform", "float32", ("batch", "samples"))
     return (inp,), (out,)

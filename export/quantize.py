@@ -472,7 +472,8 @@ def quantize_encoder(fp32_path: str | Path, out_path: str | Path, modality: str,
         except QuantizeError:
             raise
         except Exception as exc:  # noqa: BLE001 - the tools raise anything from ValueError to ORT errors
-            raise QuantizeError(f"quantising the {modality} encoder failed: {type(exc).__name__}: {one_line(exc)}") from None
+            raise QuantizeError(f"quantising the {modality} encoder failed: {type(exc).__name__}: "
+                                f"{one_line(exc)}") from None
         q = tidy(onnx.load(str(tmp_out)))
         check_graph(q)
         facts = analyse(q)
@@ -497,5 +498,6 @@ def quantize_encoder(fp32_path: str | Path, out_path: str | Path, modality: str,
                        f"{method} {' '.join(detail)}", len(exclude), tuple(notes), fmt)
 
 
-__all__ = ["QuantChoice", "QuantResult", "QuantizeError", "plan_for", "image_tails", "PRESETS", "TOOLS", "quantize_encoder",
+__all__ = ["QuantChoice", "QuantResult", "QuantizeError", "plan_for", "image_tails", "PRESETS", "TOOLS",
+           "quantize_encoder",
            "frontend_nodes", "optimum_available", "detect_preset"]

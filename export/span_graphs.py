@@ -116,7 +116,7 @@ def export_span(model, staging: Path, audio_files: dict[str, Path], held_out: In
         entry = replace(compare("audio", precision, got, reference, inputs=held_out.source_of("audio")),
                         part="trunk")
         parity.append(entry)
-        notes.append("audio trunk+head " + describe(entry))
+        notes.append("one-pass pair (trunk + head): " + describe(entry))
         export_cos = golden_cosine(pair, golden, image_cfg)
         encoders.append(EncoderFile("audio", precision, path.name, "", path.stat().st_size, fp32_trunk.inputs,
                                     fp32_trunk.outputs, method or "exact", fmt[0] if fmt else None,

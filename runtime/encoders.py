@@ -200,7 +200,8 @@ class Encoders:
 
     def _checked(self, loaded: LoadedEncoder) -> LoadedEncoder:
         """``loaded`` once its graph passes the self-check here; else the fp32 graph, or an error."""
-        modality, entry, provider, precision = loaded.modality, loaded.encoder, loaded.provider, loaded.encoder.precision
+        modality, entry, provider = loaded.modality, loaded.encoder, loaded.provider
+        precision = entry.precision
         if not self.selfcheck:
             return loaded
         from .cpu import cpu_info
@@ -437,7 +438,8 @@ class Encoders:
         wave = self.load_wave(src)
         win_embs, starts = self.embed_windows(wave, batch_size, floor_dbfs=floor)
         if not len(starts):
-            raise SilentAudioError(f"{name or _describe_audio(src)}: silent (no {self.bundle.manifest.audio.window_seconds:g} s "
+            window = self.bundle.manifest.audio.window_seconds
+            raise SilentAudioError(f"{name or _describe_audio(src)}: silent (no {window:g} s "
                                    f"window louder than {floor:g} dBFS RMS)")
         pooled = l2_normalise(win_embs.mean(axis=0, keepdims=True))[0]
         duration = wave.shape[0] / self.bundle.manifest.audio.sample_rate
