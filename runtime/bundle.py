@@ -153,12 +153,12 @@ class Bundle:
     def verify_file(self, enc: EncoderFile, cache_dir: str | Path | None = None) -> Path:
         """Check one graph's sha256 against the manifest; return its path. The hash of a
         file unchanged since it was last hashed comes from the cache (``runtime.graph_cache``)."""
-        from .graph_cache import file_sha256
+        from .graph_cache import cached_file_sha256
 
         p = self.encoder_path(enc)
         if not p.is_file():
             raise BundleError(f"{self.dir}: encoder file {enc.file} is missing")
-        if file_sha256(p, cache_dir) != enc.sha256:
+        if cached_file_sha256(p, cache_dir) != enc.sha256:
             raise BundleError(f"{p}: sha256 does not match the manifest; the file was modified or corrupted")
         return p
 

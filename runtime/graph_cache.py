@@ -36,7 +36,7 @@ def _stat_key(path: Path) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
-def file_sha256(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
+def cached_file_sha256(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
     """sha256 of ``path``, from the cache when the file is provably the one hashed before."""
     path = Path(path)
     key = _stat_key(path)
@@ -60,4 +60,4 @@ def optimized_path(graph_sha256: str, settings_key: str, cache_dir: str | os.Pat
     return resolve_cache_dir(cache_dir) / OPTIMIZED / f"{hashlib.sha256(key.encode()).hexdigest()}.onnx"
 
 
-__all__ = ["file_sha256", "optimized_path", "VERIFIED", "OPTIMIZED"]
+__all__ = ["cached_file_sha256", "optimized_path", "VERIFIED", "OPTIMIZED"]

@@ -50,7 +50,7 @@ def build_parser() -> Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .library.qdrant_store import BATCH_POINTS, publish_library, qdrant_models
+    from .library.qdrant_publish import BATCH_POINTS, publish_library, qdrant_models
 
     qdrant_models()  # not installed: say so before opening anything
     bars: list[Progress] = []

@@ -19,8 +19,9 @@ from runtime.errors import InputError, LibraryError  # noqa: E402
 from runtime.library import Library, build_library, open_library  # noqa: E402
 from runtime.library.hubs import centred_rows  # noqa: E402
 from runtime.library.qdrant_reader import QdrantLibrary  # noqa: E402
+from runtime.library.qdrant_publish import publish_library  # noqa: E402
 from runtime.library.qdrant_store import (CENTRED, META_ID, POOLED, WINDOWS, Target, parse_target,  # noqa: E402
-                                          point_id, publish_library)
+                                          point_id)
 from runtime.retrieval import Retriever  # noqa: E402
 
 

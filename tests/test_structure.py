@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("runtime", "export", "training")
 # The runtime's command-line side: argv parsing and printing live only here.
-CLI_MODULES = {"runtime.cli", "runtime.query", "runtime.index"}
+CLI_MODULES = {"runtime.cli", "runtime.query", "runtime.index", "runtime.publish"}
 
 
 def _modules() -> dict[str, Path]:

@@ -38,7 +38,7 @@ Building: ``build_library(MUSIC_DIR, LIBRARY, encoders)``; every file becomes a
 ``ray_engine.build_library_ray`` is the same build with that callable served by Ray Data
 workers (``python -m runtime.index --engine ray``; optional extra ``[ray]``).
 
-Past one machine: ``qdrant_store.publish_library(LIBRARY, URL, NAME)`` publishes a music
+Past one machine: ``qdrant_publish.publish_library(LIBRARY, URL, NAME)`` publishes a music
 library to a Qdrant collection, and ``open_library("qdrant://HOST:PORT/NAME")`` (or
 ``qdrant+local://DIR/NAME``) returns a ``qdrant_reader.QdrantLibrary`` that retrieval
 searches like a library (optional extra ``[qdrant]``).
@@ -53,7 +53,8 @@ from __future__ import annotations
 from .builder import COMMIT_EVERY, COMMIT_SECONDS, EmbedFile, build_library, default_embedder
 from .pages import PageInfo, PagesIndex, open_pages_index
 from .publishing import plan_merges
-from .reader import Library, open_library, resolve_root
+from .opening import open_library
+from .reader import Library, resolve_root
 from .records import (BuildReport, Failure, LibraryMeta, SilentTrack, TrackInfo, label_distribution, softmax,
                       tag_block)
 from .scanning import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, scan, scan_tree

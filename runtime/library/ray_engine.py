@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..encoders import TrackEmbedding
-from ..errors import InputError, MangaMusicError, SilentAudioError
+from ..errors import InputError, MangaMusicError, SilentAudioError, one_line
 from .builder import COMMIT_EVERY, COMMIT_SECONDS, ProgressFn, build_library, default_embedder
 from .records import BuildReport
 
@@ -194,7 +194,7 @@ class RayEmbedder:
         except StopIteration:
             return None
         except Exception as exc:  # noqa: BLE001 - Ray's own errors: the cluster, not a file
-            raise _EngineStopped(_one_line(exc)) from exc
+            raise _EngineStopped(_root_cause(exc)) from exc
 
     def __call__(self, path: Path) -> TrackEmbedding:
         key = str(path)
@@ -243,7 +243,7 @@ class RayEmbedder:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _one_line(exc: BaseException) -> str:
+def _root_cause(exc: BaseException) -> str:
     """'Type: message' of the error that started it: Ray wraps a worker's exception (with
     its traceback and terminal colours) in its own, the cause is what a user can act on."""
     seen = set()
@@ -254,8 +254,7 @@ def _one_line(exc: BaseException) -> str:
             break
         exc = inner
     lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return f"{type(exc).__name__}: {text[:300]}"
+    return f"{type(exc).__name__}: {one_line(RuntimeError(lines[0] if lines else ''))}"
 
 
 def _quiet_ray_logs() -> None:
@@ -280,7 +279,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> tuple[Any, bool
                      log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
     except Exception as exc:  # noqa: BLE001 - Ray's connection errors vary by version
         where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise ClusterError(f"cannot start or reach {where}: {_one_line(exc)}") from None
+        raise ClusterError(f"cannot start or reach {where}: {_root_cause(exc)}") from None
     return ray, True
 
 

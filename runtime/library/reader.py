@@ -311,24 +311,3 @@ class Library:
             problems += verify_files(seg_dir, [self.manifest.hub.centre])
         return problems
 
-
-def open_library(path: str | Path | Library | None = None, bundle=None) -> Library:
-    """A ``Library`` from a path, an open ``Library``, or None (the shipped demo library),
-    checked against ``bundle`` when one is given. A Qdrant URL (``qdrant://HOST:PORT/NAME``,
-    ``qdrant+local://DIR/NAME``) opens a published collection instead (``qdrant_reader.py``)."""
-    from .qdrant_store import is_qdrant_url
-
-    if is_qdrant_url(path):
-        from .qdrant_reader import QdrantLibrary
-
-        return QdrantLibrary.open(path, bundle=bundle)
-    if isinstance(path, Library) or (path is not None and not isinstance(path, (str, Path))
-                                     and hasattr(path, "check_bundle")):  # any open library, a QdrantLibrary too
-        if bundle is not None:
-            path.check_bundle(bundle)
-        return path
-    if path is None:
-        from ..defaults import default_library
-
-        path = default_library()
-    return Library.open(path, bundle=bundle)
