@@ -88,11 +88,18 @@ def _pages(folder: Path, per_genre: int, seed: int) -> list[Path]:
 def measure(music: Path, cache: Path | None = None, threads: int = 2) -> dict:
     """Index ``music`` with the demo bundle and report hub statistics per query set and ranking."""
     from runtime.encoders import Encoders
+    from runtime.errors import LibraryError
     from runtime.library import Library, build_library
 
     cache = (cache or cache_dir()) / "wesnoth"
     enc = Encoders(DEFAULTS / "bundle", device="cpu", precision="int8", threads=threads)
-    report = build_library(music, cache / "library", enc, progress=False)
+    lib_dir = cache / "library"
+    try:  # a library cached by an earlier demo bundle is embedded again with this one
+        with Library.open(lib_dir) as old:
+            stale = old.meta.bundle_fingerprint != enc.bundle.fingerprint
+    except LibraryError:
+        stale = False
+    report = build_library(music, lib_dir, enc, progress=False, rebuild=stale)
     m = enc.bundle.manifest
     labels = [ls.template.format(c) if "{" in ls.template else c for ls in m.labels for c in ls.classes]
     queries = {

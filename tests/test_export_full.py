@@ -2,8 +2,8 @@
 
 Slow (a few minutes on two cores: the dynamo exporter alone takes ~80 s for the three
 towers, and the image tower tries int8 recipes until one meets its target), so the
-held-out set is 8 inputs per encoder instead of 32 and the built-in calibration set is
-small; the numbers the export reports at full strength are in the README.
+held-out set is 8 inputs per encoder instead of 32; the numbers the export reports at full
+strength are in the README.
 
 Version 2 of the fixture tames the random audio tower (its float32 and float64 runs agree
 to 0.99998), so every graph is held to its target here, audio included. The image tower's
@@ -38,8 +38,9 @@ def full_bundle(tmp_path_factory):
     model.load_state_dict(recipe_state_dict(layout_of(model.state_dict())))
     model.eval()
     out = tmp_path_factory.mktemp("export_full") / "bundle"
-    report = build_bundle_report(model, out, precisions=("fp32", "int8"), progress=False, parity_inputs=8,
-                                 calibration_size=(8, 4))
+    # The default calibration set (32 pages, 16 clips): with 4 clips the audio tower's ranges
+    # missed its target (measured: 0.982 min / 0.986 mean against 0.991 / 0.993 with 16).
+    report = build_bundle_report(model, out, precisions=("fp32", "int8"), progress=False, parity_inputs=8)
     return model, out, report
 
 

@@ -224,8 +224,12 @@ def test_a_merge_extends_the_largest_members_index_instead_of_rebuilding(world, 
 @pytest.mark.slow
 def test_hubs_on_real_music():
     """Debian's wesnoth-1.16-music indexed with the demo bundle (minutes the first time,
-    then cached outside the repository): silence.ogg is listed silent, and centring lowers
-    the largest first-place share on every query set. Skipped where apt cannot fetch."""
+    then cached outside the repository): silence.ogg is listed silent, and centring never
+    raises the largest first-place share, lowers it somewhere, and spreads first places
+    over more tracks on every query set. (With the demo model of issue 13 it lowered the
+    share on every set; the retrained demo's hubs are milder on pages, 25 % before and
+    after, and centring halves the texts' 25 %: README, "Hubs".) Skipped where apt cannot
+    fetch."""
     from benchmarks import hubness
 
     music = hubness.fetch_wesnoth()
@@ -234,8 +238,11 @@ def test_hubs_on_real_music():
     out = hubness.measure(music)
     print("\n" + hubness.markdown(out))
     assert out["silent"] == ["silence.ogg"]
+    lower = 0
     for qset, rows in out["table"].items():
         plain = rows["loudness floor, plain cosine"]
         centred = rows["loudness floor, centred (as indexed)"]
-        assert centred["top_share"] < plain["top_share"], qset
+        assert centred["top_share"] <= plain["top_share"], qset
+        lower += centred["top_share"] < plain["top_share"]
         assert centred["distinct_first"] > plain["distinct_first"], qset
+    assert lower >= 1
