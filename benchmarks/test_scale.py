@@ -105,7 +105,7 @@ class Stores:
 
     def get(self, n: int) -> tuple:
         if n not in self._made:
-            from runtime.library.qdrant_store import publish_library
+            from runtime.library.qdrant_publish import publish_library
             from tests.runtime_fixtures import synthetic_library
 
             lib = synthetic_library(self.root / f"lib-{n}", self.bundle.path, n, windows_per_track=8, seed=n,

@@ -183,6 +183,13 @@ def test_faiss_is_built_at_index_time_kept_across_updates_and_never_built_at_que
         assert lib.manifest.segments[0].ann == first_ann and len(lib.manifest.segments) == 2
         assert lib.manifest.ann.recall_at_10 == report.ann_recall_at_10
 
+    # an index whose recorded recall is too low is not used: exact search, and a warning
+    monkeypatch.setattr(search_index, "MIN_ANN_RECALL", 1.01)
+    with Library.open(lib_dir) as lib:
+        assert not lib.index.use_ann
+        assert np.array_equal(lib.index.search(q, 10).ids, np.argsort(-lib.scores(q), axis=1)[:, :10])
+    monkeypatch.setattr(search_index, "MIN_ANN_RECALL", 0.9)
+
     # without faiss at query time: exact search, same answers
     monkeypatch.setitem(sys.modules, "faiss", None)
     with Library.open(lib_dir) as lib:

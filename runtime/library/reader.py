@@ -288,9 +288,16 @@ class Library:
     @cached_property
     def index(self) -> SegmentedIndex:
         """The search index: exact per segment, or the saved FAISS indexes for a catalogue
-        past ``FAISS_THRESHOLD`` rows (never built here). Its first use reads the pooled rows
-        once (1 / |t - c| per track for the hub correction)."""
-        use_ann = should_use_ann(len(self)) and any(s.ref.ann is not None for s in self.segments)
+        past ``FAISS_THRESHOLD`` rows whose recorded recall@10 is good enough (never built
+        here). Its first use reads the pooled rows once (1 / |t - c| per track for the hub
+        correction)."""
+        ann = self.manifest.ann
+        recall = None if ann is None else ann.recall_at_10
+        saved = any(s.ref.ann is not None for s in self.segments)
+        use_ann = saved and should_use_ann(len(self), recall)
+        if saved and not use_ann and recall is not None and should_use_ann(len(self), 1.0):
+            log.warning("%s: its approximate index found %.0f%% of the exact top-10 when it was built; searching "
+                        "exactly instead (slower, right)", self.dir, 100 * recall)
         return SegmentedIndex(self.index_parts(with_ann=use_ann), self.meta.embed_dim, self.centre, use_ann=use_ann)
 
     def scores(self, queries: np.ndarray, correct: bool = True, rows=None) -> np.ndarray:

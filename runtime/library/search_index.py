@@ -176,8 +176,17 @@ class SegmentedIndex:
         return out
 
 
-def should_use_ann(total_rows: int) -> bool:
-    return total_rows >= FAISS_THRESHOLD and faiss_available()
+# The approximate indexes are searched only when their recall@10, measured when the
+# generation was published, is at least this: below it they would return other tracks than
+# the exact search, and an exact search over a large catalogue is slow but right.
+MIN_ANN_RECALL = 0.9
+
+
+def should_use_ann(total_rows: int, recall_at_10: float | None = None) -> bool:
+    """Search through the approximate indexes: a large catalogue, faiss installed, and a
+    recorded recall@10 of at least ``MIN_ANN_RECALL``."""
+    return (total_rows >= FAISS_THRESHOLD and faiss_available() and recall_at_10 is not None
+            and recall_at_10 >= MIN_ANN_RECALL)
 
 
 class _CentredRows:
