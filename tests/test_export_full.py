@@ -25,21 +25,17 @@ ort = pytest.importorskip("onnxruntime")
 from export import build_bundle_report  # noqa: E402
 from export.parity import TARGETS, cosines  # noqa: E402
 from runtime.manifest import Manifest  # noqa: E402
-from training.model import AudioCLIP, AudioCLIPConfig  # noqa: E402
-from training.parity_weights import layout_of, recipe_state_dict  # noqa: E402
 
 INPUT = {"image": "pixels", "text": "tokens", "audio": "waveform"}
 
 
 @pytest.fixture(scope="module")
-def full_bundle(tmp_path_factory):
-    torch.set_num_threads(2)
-    model = AudioCLIP(AudioCLIPConfig.full())
-    model.load_state_dict(recipe_state_dict(layout_of(model.state_dict())))
-    model.eval()
+def full_bundle(tmp_path_factory, full_parity_model):
+    # The fixture's own weights (the recipe draws them in the order of the fixture's layout
+    # file; the model's own key order would draw another set: see README, "parity").
+    model = full_parity_model
     out = tmp_path_factory.mktemp("export_full") / "bundle"
-    # The default calibration set (32 pages, 16 clips): with 4 clips the audio tower's ranges
-    # missed its target (measured: 0.982 min / 0.986 mean against 0.991 / 0.993 with 16).
+    # The default calibration set (32 pages, 16 clips).
     report = build_bundle_report(model, out, precisions=("fp32", "int8"), progress=False, parity_inputs=8)
     return model, out, report
 
