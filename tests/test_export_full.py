@@ -32,7 +32,8 @@ INPUT = {"image": "pixels", "text": "tokens", "audio": "waveform"}
 @pytest.fixture(scope="module")
 def full_bundle(tmp_path_factory, full_parity_model):
     # The fixture's own weights (the recipe draws them in the order of the fixture's layout
-    # file; the model's own key order would draw another set: see README, "parity").
+    # file; the model's own key order would draw another set: README, "Recipes, chosen by
+    # measurement").
     model = full_parity_model
     out = tmp_path_factory.mktemp("export_full") / "bundle"
     # The default calibration set (32 pages, 16 clips).
