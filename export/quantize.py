@@ -103,18 +103,22 @@ class QuantChoice:
     weights: str = "int8"
 
     def describe(self) -> str:
-        parts = [self.mode]
-        if self.mode == "static":
-            parts.append(self.calibration)
+        parts = [self.mode] + ([self.calibration] if self.mode == "static" else []) + self.scope()
+        if not self.reduce_range:
+            parts.append("8-bit weights")
+        return ", ".join(parts)
+
+    def scope(self) -> list[str]:
+        """Which nodes are int8 and which stay fp32, in words (the recipe in the notes and
+        the method in the manifest both say it this way)."""
+        parts = []
         if self.op_types and self.mode == "static":
             parts.append("only " + "/".join(self.op_types))
         if self.keep_first_conv:
             parts.append("first conv fp32")
         if self.keep_tail_convs:
             parts.append(f"{self.tail_name or f'last {self.keep_tail_convs} convs'} + head fp32")
-        if not self.reduce_range:
-            parts.append("8-bit weights")
-        return ", ".join(parts)
+        return parts
 
 
 def image_tails(layers) -> tuple[tuple[int, str], ...]:
@@ -491,12 +495,7 @@ def quantize_encoder(fp32_path: str | Path, out_path: str | Path, modality: str,
     if choice.mode == "static":
         detail += ["u8s8", choice.calibration]
     detail.append("7-bit weights" if choice.reduce_range else "8-bit weights")
-    if choice.op_types and choice.mode == "static":
-        detail.append("only " + "/".join(choice.op_types))
-    if choice.keep_first_conv:
-        detail.append("first conv fp32")
-    if choice.keep_tail_convs:
-        detail.append(f"{choice.tail_name or f'last {choice.keep_tail_convs} convs'} + head fp32")
+    detail += choice.scope()
     if modality == "audio":
         detail.append("front end fp32")
     if not use_optimum:
