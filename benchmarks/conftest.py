@@ -41,7 +41,8 @@ RECIPE_SEED = 1
 LAYOUT_JSON = ROOT / "tests" / "golden" / "parity" / "state_dict_layout.json"
 LIBRARY_SIZES = (1_000, 100_000, 1_000_000)
 # Bump when the synthetic library or page recipe changes, so cached ones are rebuilt.
-DATA_VERSION = "3"  # 2: segmented library format (issue 13); 3: centre + index-time ANN
+DATA_VERSION = "6"  # 2: segmented library format (issue 13); 3: centre + index-time ANN; 4: pq-refine
+# ANN; 5, 6: its k_factor (the recall recorded at index time depends on it)
 ANN_LIBRARY_FROM = 100_000
 
 

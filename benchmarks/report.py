@@ -21,6 +21,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from runtime.library.search_index import MIN_ANN_RECALL
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
@@ -39,6 +41,7 @@ TEXT_CUT_SPEEDUP, TEXT_CUT_COSINE = 4.0, 0.99999
 INDEX_SPEEDUP = 4.0  # the shipped indexer over the per-window one, same run
 INDEX_TARGET_AVX2, INDEX_TARGET_VNNI = 40.0, 80.0  # x real time
 SPAN_AGREEMENT = 0.99
+SPAN_TARGET = "one-pass vs per-window window embeddings on real music (wesnoth)"
 COLD_START_S = 1.0
 
 BACKENDS = (("torch-cpu-fp32", "PyTorch fp32"), ("ort-cpu-fp32", "ORT fp32"), ("ort-cpu-int8", "ORT int8"),
@@ -170,13 +173,19 @@ def targets(data: dict) -> list[dict]:
 
     e2e = {(int(i["tracks"]), i["index"]): (i, float(s["median"])) for i, s in _rows(data, "e2e")}
     enc = _median(table, ("image", 1, None), "ort-cpu-int8")
-    best = next((e2e[k] for k in ((E2E_TRACKS, "exact"), (E2E_TRACKS, "library")) if k in e2e), None)
+    # The library as the runtime searches it (its compact index from FAISS_THRESHOLD rows).
+    best = next((e2e[k] for k in ((E2E_TRACKS, "library"), (E2E_TRACKS, "exact")) if k in e2e), None)
     r = None if best is None or not enc else best[1] / enc
     row = {"target": f"one page -> top-10 of {E2E_TRACKS:,} tracks, end to end, over the int8 image encoder alone",
            "goal": f"≤ {E2E_OVER_ENCODER:g}x", "measured": "—" if r is None else f"{r:.2f}x ({best[1] * 1e3:.1f} ms)",
            "status": _status(r, E2E_OVER_ENCODER, False, "x"), "note": ""}
     if best and best[0].get("phases_s"):
         row["note"] = "steps: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in best[0]["phases_s"].items())
+    if best and best[0].get("ann"):
+        a = best[0]["ann"]
+        row["note"] += (f"; search {'through the approximate index' if a.get('used') else 'exact'}, recall@10 "
+                        f"{a.get('recall_at_10')} at index time, this page's top-10 as exact: "
+                        f"{a.get('page_top10_as_exact', '—')}")
     rows.append(row)
     small, large = e2e.get((E2E_TRACKS, "library")), e2e.get((E2E_LARGE, "library"))
     r = None if not small or not large else large[1] / small[1]
@@ -187,7 +196,8 @@ def targets(data: dict) -> list[dict]:
            "measured": f"{'—' if r is None else f'{r:.2f}x'}, recall {'—' if recall is None else f'{recall:.3f}'}",
            "status": _status(r, E2E_LARGE_OVER, False, "x"),
            "note": ("" if not large else "approximate index in use" if ann.get("used") else
-                    "exact search: the recorded recall is below the runtime's 0.9 floor" if recall is not None else
+                    f"exact search: the recorded recall is below the runtime's {MIN_ANN_RECALL} floor"
+                    if recall is not None else
                     "no approximate index (faiss not installed?)")}
     if recall is not None and recall < ANN_RECALL:
         row["status"] = (row["status"] + "; " if row["status"] != "MET" else "MISSED: ") + "recall below the goal"
@@ -205,7 +215,7 @@ def targets(data: dict) -> list[dict]:
                  "status": _status(new, goal, True), "note": ""})
     agree = next((i for i, _ in _rows(data, "span_agreement")), None)
     m = None if agree is None else agree.get("mean")
-    rows.append({"target": "one-pass vs per-window window embeddings on real music (wesnoth)",
+    rows.append({"target": SPAN_TARGET,
                  "goal": f"mean cosine ≥ {SPAN_AGREEMENT}", "measured": "—" if m is None else f"{m:.4f}",
                  "status": _status(m, SPAN_AGREEMENT, True),
                  "note": "" if agree is None else f"min {agree.get('min', float('nan')):.4f} over "
@@ -415,9 +425,13 @@ def _stamp(data: dict) -> str:
 
 
 def complete(data: dict) -> bool:
-    """A full-size run that measured every target: only such a run replaces the README table."""
+    """A full-size run that measured every target it could: only such a run replaces the
+    README table. (A bundle whose export left the audio trunk out has no one-pass path to
+    compare, so that one target cannot be measured with it.)"""
     b = ((data.get("manga_music") or {}).get("bundle") or {})
-    return b.get("size") == "full" and all(r["status"] != "NOT MEASURED" for r in targets(data))
+    has_trunk = any(e.get("part") == "trunk" for e in b.get("encoders") or ())
+    return b.get("size") == "full" and all(
+        r["status"] != "NOT MEASURED" or (r["target"] == SPAN_TARGET and not has_trunk) for r in targets(data))
 
 
 def update_readme(markdown: str, readme: Path = README) -> bool:

@@ -215,6 +215,38 @@ def test_exif_orientation_is_applied(tmp_path):
     assert px[35, 10, 2] > 200 and px[35, 10, 0] < 60  # bottom is blue
 
 
+def test_exif_orientation_of_an_open_image_leaves_it_unchanged(tmp_path):
+    # A PIL image the caller passes in is transposed into a new image, never in place.
+    arr = pattern(40, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # Orientation: display rotated 90 degrees counter-clockwise
+    path = tmp_path / "rot.png"
+    Image.fromarray(arr).save(path, exif=exif.tobytes())
+    mine = Image.open(path)
+    mine.load()
+    out = load_image(mine)
+    assert out.size == (20, 40) and mine.size == (40, 20)
+    np.testing.assert_array_equal(np.asarray(out), np.rot90(arr))
+    np.testing.assert_array_equal(np.asarray(mine), arr)
+
+
+@pytest.mark.parametrize("mode", ["center_crop", "letterbox", "tiles"])
+@pytest.mark.parametrize("wh", [(70, 110), (110, 40), (S, S), (20, 12)])
+def test_grayscale_pages_take_the_one_channel_path_with_the_same_result(tmp_path, mode, wh):
+    # Gray pages are resized as one channel (a third of the work); the tensor must be the
+    # one their RGB conversion gives, bit for bit, from every kind of source.
+    gray = pattern(*wh)[:, :, 1]
+    path = tmp_path / "gray.jpg"
+    Image.fromarray(gray, "L").save(path, quality=90)
+    decoded = np.asarray(Image.open(path))
+    want = preprocess_image(Image.fromarray(decoded, "L").convert("RGB"), CFG, mode)
+    for src in (path, path.read_bytes(), Image.open(path), decoded):
+        got = preprocess_image(src, CFG, mode)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    assert load_image(path).mode == "RGB"  # the public loader still gives RGB
+
+
 # -- loading: errors ---------------------------------------------------------------------
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="no such file") as e:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,6 +196,35 @@ def test_faiss_is_built_at_index_time_kept_across_updates_and_never_built_at_que
     with Library.open(lib_dir) as lib:
         assert not lib.index.use_ann
         assert np.array_equal(lib.index.search(q, 10).ids, np.argsort(-lib.scores(q), axis=1)[:, :10])
+
+
+def test_deleted_tracks_never_come_back_through_the_approximate_index(world, tmp_path, enc, small_ann):  # noqa: F811
+    """A third of the tracks deleted (a sidecar, the index kept): the index still proposes
+    their rows, the search must drop them and still find the exact top-10 of the rest."""
+    import os
+
+    n = 3000
+    music = tmp_path / "music"
+    music.mkdir()
+    for i in range(n):
+        (music / f"track{i:07d}.mp3").touch()
+        os.utime(music / f"track{i:07d}.mp3", ns=(0, 0))
+    lib_dir = rf.synthetic_library(tmp_path / "lib", world.bundle, n, windows_per_track=1, music_root=music,
+                                   centre=True, ann=True)
+    for i in range(0, n, 3):
+        (music / f"track{i:07d}.mp3").unlink()
+    build_library(music, lib_dir, enc, progress=False)
+    q = unit(np.random.default_rng(6).standard_normal((30, rf.EMBED_DIM))).astype(np.float32)
+    with Library.open(lib_dir) as lib:
+        (seg,) = lib.manifest.segments
+        assert seg.ann is not None and seg.deleted is not None and len(lib) == n - len(range(0, n, 3))
+        index = lib.index
+        assert index.use_ann and len(index.parts[0].deleted) == len(range(0, n, 3))
+        got = index.search(q, 10)
+        exact = np.argsort(-lib.scores(q), axis=1)[:, :10]
+        paths = {lib.track(int(r)).path for r in got.ids.ravel()}
+    assert all(int(Path(p).stem[5:]) % 3 for p in paths)  # no deleted track
+    assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(got.ids, exact)]) >= 0.95
 
 
 def test_a_merge_extends_the_largest_members_index_instead_of_rebuilding(world, tmp_path, enc, small_ann,  # noqa: F811

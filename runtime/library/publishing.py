@@ -30,7 +30,7 @@ from ..hashing import sha256_file
 from . import hubs, search_index
 from .schema import (CURRENT_NAME, GEN_RE, JOURNAL_NAME, OLD_GEN_RE, AnnSpec, FileRef, GenerationManifest, HubSpec,
                      Journal, RootRef, SegmentRef, generation_name, segment_prefix)
-from .search_index import ANN_EF_SEARCH, ANN_M, IndexPart, SegmentedIndex, build_ann, measure_recall, recall_queries
+from .search_index import IndexPart, SegmentedIndex, ann_params, build_ann, measure_recall, recall_queries
 from .segments import NewRecord, OpenSegment, sound_copy, write_deleted, write_segment, write_vector_file
 from .storage import collect_unlocked, fsync_dir, write_atomic, write_json_atomic
 
@@ -112,7 +112,7 @@ def plan_merges(refs: Sequence[SegmentRef]) -> list[list[SegmentRef]]:
 def _merge(run: BuildRun, group: Sequence[SegmentRef]) -> SegmentRef | None:
     """Rewrite the live records of ``group`` as one new segment (None if none is live). A
     member with an approximate index and no deletions goes first, so the merged segment's
-    index can start from a copy of it (FAISS can add rows to an HNSW graph, not remove)."""
+    index can start from a copy of it (FAISS can add rows to an index, not remove them)."""
     group = sorted(group, key=lambda r: (r.ann is None or r.deleted is not None, -r.vectors))
     records: list[NewRecord] = []
     for ref in group:
@@ -237,8 +237,11 @@ def centre_entry(run: BuildRun, refs: list[SegmentRef]) -> tuple[HubSpec | None,
                    hubs.MIN_CENTRED_NORM), centre
 
 
-def _ann_key(centre: np.ndarray | None) -> str:
-    return f"hnsw-m{ANN_M}-{'centred' if centre is not None else 'raw'}"
+def _ann_key(centre: np.ndarray | None, dim: int) -> str:
+    # The kind and its size are in the key: a library indexed by a version that built
+    # another kind gets the current one at its next update.
+    m, _k_factor = ann_params(dim)
+    return f"{search_index.ANN_KIND}-m{m}-{'centred' if centre is not None else 'raw'}"
 
 
 def _extend_seed(run: BuildRun, ref: SegmentRef, key: str, centre: np.ndarray | None, path: Path) -> bool:
@@ -270,14 +273,14 @@ def ann_entries(run: BuildRun, refs: list[SegmentRef], centre: np.ndarray | None
 
     if not faiss_available() or sum(r.live_vectors for r in refs) < search_index.ANN_BUILD_FROM:
         return [replace(r, ann=None, ann_key="") if r.ann is not None else r for r in refs], None
-    key = _ann_key(centre)
+    key = _ann_key(centre, run.dim)
     out, built = [], False
     for ref in refs:
         if ref.vectors < search_index.ANN_MIN_SEGMENT_ROWS:
             out.append(replace(ref, ann=None, ann_key="") if ref.ann is not None else ref)
             continue
         if ref.ann is None or ref.ann_key != key:
-            name = f"{segment_prefix(ref.id)}.{key}.hnsw"
+            name = f"{segment_prefix(ref.id)}.{key}.faiss"
             if not _extend_seed(run, ref, key, centre, run.seg_dir / name):
                 build_ann(run.open(ref).pooled, centre, run.seg_dir / name)
             p = run.seg_dir / name
@@ -304,5 +307,6 @@ def ann_entries(run: BuildRun, refs: list[SegmentRef], centre: np.ndarray | None
     index = SegmentedIndex(parts, run.dim, centre)
     queries = recall_queries(index)
     recall = measure_recall(index, queries, 10)
-    return out, AnnSpec("hnsw", ANN_M, ANN_EF_SEARCH, search_index.ANN_MIN_SEGMENT_ROWS, round(recall, 4),
+    m, k_factor = ann_params(run.dim)
+    return out, AnnSpec(search_index.ANN_KIND, m, k_factor, search_index.ANN_MIN_SEGMENT_ROWS, round(recall, 4),
                         len(queries))

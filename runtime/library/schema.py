@@ -258,8 +258,13 @@ class HubSpec:
 
 @dataclass(frozen=True)
 class AnnSpec:
-    """The approximate index: FAISS HNSW per large segment, built at index time, and its
-    recall@10 against exact search, measured when this generation was published."""
+    """The approximate index: one FAISS index per large segment, built at index time, and its
+    recall@10 against exact search, measured when this generation was published.
+
+    ``kind`` "pq-refine": ``m`` is the product quantiser's sub-quantisers, ``ef_search`` the
+    least number of candidates per wanted hit its 4-bit stage passes to the 8-bit one
+    (k_factor; more in segments past 600,000 rows); "hnsw" (libraries from before): links
+    per node and beam width."""
 
     kind: str
     m: int
@@ -275,7 +280,7 @@ class AnnSpec:
 
     @classmethod
     def from_dict(cls, d, where: str) -> "AnnSpec":
-        return cls(_str(d, "kind", where, choices=("hnsw",)), _int(d, "m", where, lo=2),
+        return cls(_str(d, "kind", where, choices=("pq-refine", "hnsw")), _int(d, "m", where, lo=2),
                    _int(d, "ef_search", where, lo=1), _int(d, "min_segment_rows", where, lo=1),
                    _float(d, "recall_at_10", where, 0.0, 1.0, optional=True), _int(d, "queries", where))
 

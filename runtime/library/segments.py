@@ -7,7 +7,8 @@ the arrays of its ranked ('ok') records, in ``segments/``::
     sNNNNNN.pooled.npy    float32 [V, D]  pooled unit embedding per ok record (row = vec)
     sNNNNNN.windows.npy   float16 [W, D]  unit window embeddings, each record's contiguous
     sNNNNNN.starts.npy    float64 [W]     each window's start in seconds
-    sNNNNNN.KEY.hnsw      optional FAISS index over its vectors (large segments)
+    sNNNNNN.KEY.faiss     optional FAISS index over its vectors (large segments; .hnsw
+                          from older versions)
     sNNNNNN.del-gNNNNNN.npy  int64 sorted record ids deleted as of a generation
 
 The last two kinds are added later, each as a new file (never an edit): deleting a record
