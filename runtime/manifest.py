@@ -16,12 +16,13 @@ golden inputs, so the runtime cannot self-check them and says so.
 from __future__ import annotations
 
 import base64
-import math
 import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+
+from .json_fields import Fields
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -41,76 +42,10 @@ class ManifestError(ValueError):
     """The manifest is missing a field, has the wrong type, or uses an unknown schema."""
 
 
-# -- field readers: each names the field it refuses ------------------------------------------
-def _where(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _req(d: Any, key: str, where: str) -> Any:
-    if not isinstance(d, dict):
-        raise ManifestError(f"manifest: '{where or 'top level'}' is not an object")
-    if key not in d:
-        raise ManifestError(f"manifest: missing field '{_where(where, key)}'")
-    return d[key]
-
-
-def _bad(where: str, key: str, what: str, value: Any) -> ManifestError:
-    shown = repr(value)
-    return ManifestError(f"manifest: field '{_where(where, key)}' must be {what} (got {shown[:60]})")
-
-
-def _int(d: Any, key: str, where: str, lo: int | None = None, hi: int | None = None, default: Any = ...) -> int:
-    v = _req(d, key, where) if default is ... else (d.get(key, default) if isinstance(d, dict) else default)
-    # bool is an int to Python, and "64" is not a number to JSON: refuse both.
-    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo) or (hi is not None and v > hi):
-        rng = f" in [{lo}, {hi}]" if hi is not None else (f" >= {lo}" if lo is not None else "")
-        raise _bad(where, key, f"an integer{rng}", v)
-    return v
-
-
-def _float(d: Any, key: str, where: str, lo: float | None = None, hi: float | None = None,
-           lo_open: bool = False, default: Any = ...) -> float:
-    v = _req(d, key, where) if default is ... else (d.get(key, default) if isinstance(d, dict) else default)
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-    if ok and lo is not None:
-        ok = float(v) > lo if lo_open else float(v) >= lo
-    if ok and hi is not None:
-        ok = float(v) <= hi
-    if not ok:
-        rng = "" if lo is None else (f" > {lo}" if lo_open else f" >= {lo}")
-        rng += "" if hi is None else f" and <= {hi}"
-        raise _bad(where, key, f"a finite number{rng}", v)
-    return float(v)
-
-
-def _str(d: Any, key: str, where: str, choices: tuple[str, ...] | None = None, default: Any = ...,
-         nonempty: bool = False) -> str:
-    v = _req(d, key, where) if default is ... else (d.get(key, default) if isinstance(d, dict) else default)
-    if not isinstance(v, str) or (choices is not None and v not in choices) or (nonempty and not v):
-        what = f"one of {', '.join(choices)}" if choices else ("a non-empty string" if nonempty else "a string")
-        raise _bad(where, key, what, v)
-    return v
-
-
-def _bool(d: Any, key: str, where: str, default: Any = ...) -> bool:
-    v = _req(d, key, where) if default is ... else (d.get(key, default) if isinstance(d, dict) else default)
-    if not isinstance(v, bool):
-        raise _bad(where, key, "true or false", v)
-    return v
-
-
-def _list(d: Any, key: str, where: str, default: Any = ...) -> list:
-    v = _req(d, key, where) if default is ... else (d.get(key, default) if isinstance(d, dict) else default)
-    if not isinstance(v, (list, tuple)):  # tuples: a dict from to_dict() that skipped JSON
-        raise _bad(where, key, "a list", v)
-    return list(v)
-
-
-def _obj(d: Any, key: str, where: str, default: Any = ...) -> dict:
-    v = _req(d, key, where) if default is ... else (d.get(key, default) if isinstance(d, dict) else default)
-    if not isinstance(v, dict):
-        raise _bad(where, key, "an object", v)
-    return v
+# -- field readers: each names the field it refuses (rules in runtime/json_fields.py) ---------
+_F = Fields(ManifestError, "manifest: ")
+_where, _req, _bad = _F.path, _F.req, _F.bad
+_int, _float, _str, _bool, _list, _obj = _F.int, _F.float, _F.str, _F.bool, _F.list, _F.obj
 
 
 def _items(d: Any, key: str, where: str, read: Callable[[Any, str], Any], default: Any = ...) -> tuple:

@@ -198,6 +198,42 @@ def test_faiss_is_built_at_index_time_kept_across_updates_and_never_built_at_que
         assert np.array_equal(lib.index.search(q, 10).ids, np.argsort(-lib.scores(q), axis=1)[:, :10])
 
 
+def test_a_library_indexed_with_another_kind_is_searched_and_upgraded_at_its_next_update(
+        world, tmp_path, enc, small_ann, monkeypatch):  # noqa: F811
+    """Libraries from before pq-refine carry HNSW indexes: they still load and answer, and the
+    next update replaces them with the current kind (the kind is part of the index key)."""
+    import os
+
+    from runtime.library import search_index
+
+    n = 3000
+    music = tmp_path / "music"
+    music.mkdir()
+    for i in range(n):
+        (music / f"track{i:07d}.mp3").touch()
+        os.utime(music / f"track{i:07d}.mp3", ns=(0, 0))
+    monkeypatch.setattr(search_index, "ANN_KIND", "hnsw")
+    lib_dir = rf.synthetic_library(tmp_path / "lib", world.bundle, n, windows_per_track=1, music_root=music,
+                                   centre=True, ann=True)
+    monkeypatch.setattr(search_index, "ANN_KIND", "pq-refine")
+    q = unit(np.random.default_rng(7).standard_normal((20, rf.EMBED_DIM))).astype(np.float32)
+    with Library.open(lib_dir) as lib:
+        assert lib.manifest.ann.kind == "hnsw" and lib.index.parts[0].ann.kind == "hnsw"
+        old_name = lib.manifest.segments[0].ann.name
+        exact = np.argsort(-lib.scores(q), axis=1)[:, :10]
+        if lib.index.use_ann:  # an HNSW over 3,000 rows may or may not record 0.95
+            got = lib.index.search(q, 10).ids
+            assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(got, exact)]) >= 0.9
+    rf.write_extra_track(music / "zz.wav")
+    report = build_library(music, lib_dir, enc, progress=False)
+    with Library.open(lib_dir) as lib:
+        big = max(lib.manifest.segments, key=lambda s: s.vectors)
+        assert lib.manifest.ann.kind == "pq-refine" and big.ann.name != old_name
+        assert big.ann_key.startswith("pq-refine-") and big.ann.name.endswith(".faiss")
+        assert lib.index.use_ann and lib.index.parts[0].ann.kind == "pq-refine"
+        assert report.ann_recall_at_10 >= 0.95
+
+
 def test_deleted_tracks_never_come_back_through_the_approximate_index(world, tmp_path, enc, small_ann):  # noqa: F811
     """A third of the tracks deleted (a sidecar, the index kept): the index still proposes
     their rows, the search must drop them and still find the exact top-10 of the rest."""

@@ -17,13 +17,12 @@ outside the library's ``segments/`` folder.
 """
 from __future__ import annotations
 
-import math
 import re
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import LibraryError
+from ..json_fields import Fields
 
 SCHEMA_VERSION = 2
 MANIFEST_FORMAT = "manga-music-library"
@@ -92,46 +91,18 @@ def check_segment_db(db: sqlite3.Connection, where: str) -> dict[str, str]:
     return meta
 
 
-# -- field checks -------------------------------------------------------------------------------
-def _get(d: Any, key: str, where: str) -> Any:
-    if not isinstance(d, dict):
-        raise LibraryError(f"{where}: expected a JSON object")
-    if key not in d:
-        raise LibraryError(f"{where}: missing field '{key}'")
-    return d[key]
+# -- field checks (rules in runtime/json_fields.py) ---------------------------------------------
+_F = Fields(LibraryError)
+_get, _float, _list = _F.req, _F.float, _F.list
 
 
 def _int(d, key, where, lo: int = 0, hi: int | None = None) -> int:
-    v = _get(d, key, where)
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
-        raise LibraryError(f"{where}.{key}: expected an integer >= {lo}, got {v!r}")
-    return v
-
-
-def _float(d, key, where, lo: float = -math.inf, hi: float = math.inf, optional: bool = False) -> float | None:
-    v = _get(d, key, where)
-    if v is None and optional:
-        return None
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
-        raise LibraryError(f"{where}.{key}: expected a finite number in [{lo}, {hi}], got {v!r}")
-    return float(v)
+    return _F.int(d, key, where, lo, hi)  # counts and ids: never negative unless said
 
 
 def _str(d, key, where, pattern: re.Pattern | None = None, choices: tuple[str, ...] | None = None,
          optional: bool = False) -> str | None:
-    v = _get(d, key, where)
-    if v is None and optional:
-        return None
-    if not isinstance(v, str) or (pattern is not None and not pattern.match(v)) or (choices and v not in choices):
-        raise LibraryError(f"{where}.{key}: unexpected value {v!r}")
-    return v
-
-
-def _list(d, key, where) -> list:
-    v = _get(d, key, where)
-    if not isinstance(v, list):
-        raise LibraryError(f"{where}.{key}: expected a list")
-    return v
+    return _F.str(d, key, where, choices=choices, pattern=pattern, optional=optional)
 
 
 # -- manifest pieces ----------------------------------------------------------------------------
