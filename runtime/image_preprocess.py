@@ -143,7 +143,7 @@ def _upright(img: Image.Image, name: str, owned: bool) -> Image.Image:
 def _load_page(src: str | Path | bytes | Image.Image | np.ndarray) -> Image.Image:
     """``load_image`` that keeps 8-bit grayscale as ``L``: resizing one channel instead of
     three gives the same pixels (PIL resamples each band alike; L -> RGB copies the value
-    into all three) at a third of the cost, and most manga scans are grayscale."""
+    into all three) at a third of the resizing cost, and many manga scans are grayscale."""
     name = _describe(src)
     if isinstance(src, Image.Image):
         _check_size(src, name)

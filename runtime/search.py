@@ -11,8 +11,8 @@ serves catalogues from ``FAISS_THRESHOLD`` rows, in one of two kinds:
   row at 1024-d, FAISS's SIMD "fast scan") rank every row; the best ``k_factor`` times the
   wanted count are re-ranked with 8-bit scalar codes (1 KB a row). Callers then rescore the
   survivors in float32. Measured on 1,000,000 random unit rows (the hardest case: no
-  structure to exploit), 100 candidates for a top-10: recall@10 0.98 at 10.8 ms a query,
-  against 58 ms exact (2-core AMD EPYC); 0.995 at 2 ms on 100,000 rows.
+  structure to exploit), 100 candidates for a top-10: recall@10 0.98 at 10.4 ms a query,
+  against 62 ms exact (2-core AMD EPYC); 0.995 at 2.2 ms on 100,000 rows.
 - ``hnsw``: a graph; fast, but its recall depends on the data: on 100,000 random rows it
   found 0.2-0.45 of the exact top-10 (beam width 128-512), and with rows of some structure
   still only 0.36-0.51 for queries far from every row (a page is nearly orthogonal to all
