@@ -591,6 +591,26 @@ def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 6
                           capture_output=True, text=True, timeout=timeout)
 
 
+def synthetic_track_name(i: int) -> str:
+    """The relative path of track ``i`` of a ``synthetic_library``."""
+    return f"track{i:07d}.mp3"
+
+
+def synthetic_music_files(music_root: str | Path, n_tracks: int) -> Path:
+    """The files a ``synthetic_library(..., music_root=music_root)`` of ``n_tracks`` describes:
+    empty, mtime 0, as its records say, so an update finds them unchanged and sees only what
+    a test adds or removes."""
+    import os
+
+    root = Path(music_root)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n_tracks):
+        p = root / synthetic_track_name(i)
+        p.touch()
+        os.utime(p, ns=(0, 0))
+    return root
+
+
 class _SyntheticRecords:
     """A lazy sequence of ``NewRecord``s made of random unit vectors, generated a block at
     a time (a million tracks never sit in memory at once)."""
@@ -617,7 +637,7 @@ class _SyntheticRecords:
             i = self.start + lo + j
             win = w[j * self.w:(j + 1) * self.w]
             pooled = win.mean(0)
-            out.append(NewRecord(f"track{i:07d}.mp3", 0, 0, f"{i:064x}", "ok", duration=180.0, windows=win,
+            out.append(NewRecord(synthetic_track_name(i), 0, 0, f"{i:064x}", "ok", duration=180.0, windows=win,
                                  starts=starts, pooled=pooled / np.linalg.norm(pooled)))
         return out
 

@@ -138,14 +138,7 @@ def test_faiss_is_built_at_index_time_kept_across_updates_and_never_built_at_que
     from runtime.search import FaissIndex
 
     n = 3000
-    music = tmp_path / "music"
-    music.mkdir()
-    for i in range(n):
-        p = music / f"track{i:07d}.mp3"
-        p.touch()
-        import os
-
-        os.utime(p, ns=(0, 0))
+    music = rf.synthetic_music_files(tmp_path / "music", n)
     lib_dir = rf.synthetic_library(tmp_path / "lib", world.bundle, n, windows_per_track=2, music_root=music,
                                    centre=True, ann=True)
     with Library.open(lib_dir) as lib:
@@ -202,16 +195,10 @@ def test_a_library_indexed_with_another_kind_is_searched_and_upgraded_at_its_nex
         world, tmp_path, enc, small_ann, monkeypatch):  # noqa: F811
     """Libraries from before pq-refine carry HNSW indexes: they still load and answer, and the
     next update replaces them with the current kind (the kind is part of the index key)."""
-    import os
-
     from runtime.library import search_index
 
     n = 3000
-    music = tmp_path / "music"
-    music.mkdir()
-    for i in range(n):
-        (music / f"track{i:07d}.mp3").touch()
-        os.utime(music / f"track{i:07d}.mp3", ns=(0, 0))
+    music = rf.synthetic_music_files(tmp_path / "music", n)
     monkeypatch.setattr(search_index, "ANN_KIND", "hnsw")
     lib_dir = rf.synthetic_library(tmp_path / "lib", world.bundle, n, windows_per_track=1, music_root=music,
                                    centre=True, ann=True)
@@ -237,18 +224,12 @@ def test_a_library_indexed_with_another_kind_is_searched_and_upgraded_at_its_nex
 def test_deleted_tracks_never_come_back_through_the_approximate_index(world, tmp_path, enc, small_ann):  # noqa: F811
     """A third of the tracks deleted (a sidecar, the index kept): the index still proposes
     their rows, the search must drop them and still find the exact top-10 of the rest."""
-    import os
-
     n = 3000
-    music = tmp_path / "music"
-    music.mkdir()
-    for i in range(n):
-        (music / f"track{i:07d}.mp3").touch()
-        os.utime(music / f"track{i:07d}.mp3", ns=(0, 0))
+    music = rf.synthetic_music_files(tmp_path / "music", n)
     lib_dir = rf.synthetic_library(tmp_path / "lib", world.bundle, n, windows_per_track=1, music_root=music,
                                    centre=True, ann=True)
     for i in range(0, n, 3):
-        (music / f"track{i:07d}.mp3").unlink()
+        (music / rf.synthetic_track_name(i)).unlink()
     build_library(music, lib_dir, enc, progress=False)
     q = unit(np.random.default_rng(6).standard_normal((30, rf.EMBED_DIM))).astype(np.float32)
     with Library.open(lib_dir) as lib:
@@ -266,17 +247,11 @@ def test_deleted_tracks_never_come_back_through_the_approximate_index(world, tmp
 def test_a_merge_extends_the_largest_members_index_instead_of_rebuilding(world, tmp_path, enc, small_ann,  # noqa: F811
                                                                        monkeypatch):
     """Ten indexed segments of 300 tracks are one tier: adding a track merges them, and the
-    merged segment's HNSW index is the first member's, extended with the other rows."""
-    import os
-
+    merged segment's approximate index is the first member's, extended with the other rows."""
     from runtime.library import search_index
 
     monkeypatch.setattr(search_index, "ANN_MIN_SEGMENT_ROWS", 250)
-    music = tmp_path / "music"
-    music.mkdir()
-    for i in range(3000):
-        (music / f"track{i:07d}.mp3").touch()
-        os.utime(music / f"track{i:07d}.mp3", ns=(0, 0))
+    music = rf.synthetic_music_files(tmp_path / "music", 3000)
     lib_dir = rf.synthetic_library(tmp_path / "lib", world.bundle, 3000, windows_per_track=1, music_root=music,
                                    segment_tracks=300, centre=True, ann=True)
     with Library.open(lib_dir) as lib:

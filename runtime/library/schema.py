@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from ..errors import LibraryError
 from ..json_fields import Fields
+from ..search import ANN_KINDS
 
 SCHEMA_VERSION = 2
 MANIFEST_FORMAT = "manga-music-library"
@@ -251,7 +252,7 @@ class AnnSpec:
 
     @classmethod
     def from_dict(cls, d, where: str) -> "AnnSpec":
-        return cls(_str(d, "kind", where, choices=("pq-refine", "hnsw")), _int(d, "m", where, lo=2),
+        return cls(_str(d, "kind", where, choices=ANN_KINDS), _int(d, "m", where, lo=2),
                    _int(d, "ef_search", where, lo=1), _int(d, "min_segment_rows", where, lo=1),
                    _float(d, "recall_at_10", where, 0.0, 1.0, optional=True), _int(d, "queries", where))
 
